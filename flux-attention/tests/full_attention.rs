@@ -1,0 +1,238 @@
+//! Full causal attention against a naive float64 implementation.
+
+use burn::backend::NdArray;
+use burn::tensor::{Tensor, TensorData};
+use flux_attention::{attend, attention, AttentionMode, LayerKvCache};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+type B = NdArray<f32>;
+
+struct Case {
+    b: usize,
+    hq: usize,
+    hkv: usize,
+    nq: usize,
+    nk: usize,
+    d: usize,
+}
+
+fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn tensor(data: &[f32], shape: [usize; 4]) -> Tensor<B, 4> {
+    Tensor::from_data(TensorData::new(data.to_vec(), shape), &Default::default())
+}
+
+/// out[b][h][i] = softmax_j<=past+i (q.k_j / sqrt(d)) v_j, all in f64, K/V head = h / group.
+fn naive(c: &Case, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {
+    let group = c.hq / c.hkv;
+    let past = c.nk - c.nq;
+    let mut out = vec![0f64; c.b * c.hq * c.nq * c.d];
+    for b in 0..c.b {
+        for h in 0..c.hq {
+            let kh = h / group;
+            for i in 0..c.nq {
+                let qi = &q[((b * c.hq + h) * c.nq + i) * c.d..][..c.d];
+                let visible = past + i + 1;
+                let scores: Vec<f64> = (0..visible)
+                    .map(|j| {
+                        let kj = &k[((b * c.hkv + kh) * c.nk + j) * c.d..][..c.d];
+                        qi.iter()
+                            .zip(kj)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            / (c.d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                let o = &mut out[((b * c.hq + h) * c.nq + i) * c.d..][..c.d];
+                for (j, w) in weights.iter().enumerate() {
+                    let vj = &v[((b * c.hkv + kh) * c.nk + j) * c.d..][..c.d];
+                    for (o, x) in o.iter_mut().zip(vj) {
+                        *o += w / total * *x as f64;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn full_attention_matches_float64_reference() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let cases = [
+        Case {
+            b: 1,
+            hq: 4,
+            hkv: 4,
+            nq: 37,
+            nk: 37,
+            d: 64,
+        },
+        Case {
+            b: 2,
+            hq: 6,
+            hkv: 2,
+            nq: 29,
+            nk: 29,
+            d: 64,
+        },
+        Case {
+            b: 1,
+            hq: 7,
+            hkv: 1,
+            nq: 13,
+            nk: 50,
+            d: 128,
+        },
+        Case {
+            b: 3,
+            hq: 14,
+            hkv: 2,
+            nq: 1,
+            nk: 33,
+            d: 64,
+        },
+    ];
+    for c in cases {
+        let q = random(&mut rng, c.b * c.hq * c.nq * c.d);
+        let k = random(&mut rng, c.b * c.hkv * c.nk * c.d);
+        let v = random(&mut rng, c.b * c.hkv * c.nk * c.d);
+        let out = attention(
+            tensor(&q, [c.b, c.hq, c.nq, c.d]),
+            tensor(&k, [c.b, c.hkv, c.nk, c.d]),
+            tensor(&v, [c.b, c.hkv, c.nk, c.d]),
+            &AttentionMode::Full,
+        )
+        .unwrap();
+        assert_eq!(out.dims(), [c.b, c.hq, c.nq, c.d]);
+        let got = out.into_data().to_vec::<f32>().unwrap();
+        let err = max_abs_diff(&got, &naive(&c, &q, &k, &v));
+        assert!(
+            err < 1e-5,
+            "b{} hq{} hkv{} nq{} nk{} d{}: max error {err}",
+            c.b,
+            c.hq,
+            c.hkv,
+            c.nq,
+            c.nk,
+            c.d
+        );
+    }
+}
+
+#[test]
+fn chunked_long_prompt_matches_reference() {
+    // 1 * 2 * 4200 keys: rows per chunk = 2^24 / 8400 = 1997, so three chunks, the last partial.
+    let mut rng = StdRng::seed_from_u64(11);
+    let c = Case {
+        b: 1,
+        hq: 2,
+        hkv: 1,
+        nq: 4200,
+        nk: 4200,
+        d: 64,
+    };
+    let q = random(&mut rng, c.hq * c.nq * c.d);
+    let k = random(&mut rng, c.hkv * c.nk * c.d);
+    let v = random(&mut rng, c.hkv * c.nk * c.d);
+    let got = attention(
+        tensor(&q, [1, c.hq, c.nq, c.d]),
+        tensor(&k, [1, c.hkv, c.nk, c.d]),
+        tensor(&v, [1, c.hkv, c.nk, c.d]),
+        &AttentionMode::Full,
+    )
+    .unwrap()
+    .into_data()
+    .to_vec::<f32>()
+    .unwrap();
+    let err = max_abs_diff(&got, &naive(&c, &q, &k, &v));
+    assert!(err < 1e-5, "max error {err}");
+}
+
+#[test]
+fn decode_steps_through_cache_equal_prefill() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (b, hq, hkv, n, d) = (2, 6, 3, 70, 64);
+    let q = random(&mut rng, b * hq * n * d);
+    let k = random(&mut rng, b * hkv * n * d);
+    let v = random(&mut rng, b * hkv * n * d);
+    let (qt, kt, vt) = (
+        tensor(&q, [b, hq, n, d]),
+        tensor(&k, [b, hkv, n, d]),
+        tensor(&v, [b, hkv, n, d]),
+    );
+    let full = attention(qt.clone(), kt.clone(), vt.clone(), &AttentionMode::Full).unwrap();
+
+    // Prefill 65 positions (grows past the initial 64-slot capacity), then one at a time.
+    let mut cache = LayerKvCache::new();
+    let mut parts = vec![attend(
+        qt.clone().narrow(2, 0, 65),
+        kt.clone().narrow(2, 0, 65),
+        vt.clone().narrow(2, 0, 65),
+        &mut cache,
+        &AttentionMode::Full,
+    )
+    .unwrap()];
+    for i in 65..n {
+        parts.push(
+            attend(
+                qt.clone().narrow(2, i, 1),
+                kt.clone().narrow(2, i, 1),
+                vt.clone().narrow(2, i, 1),
+                &mut cache,
+                &AttentionMode::Full,
+            )
+            .unwrap(),
+        );
+    }
+    assert_eq!(cache.len(), n);
+    let stepped = Tensor::cat(parts, 2).into_data().to_vec::<f32>().unwrap();
+    let full = full.into_data().to_vec::<f32>().unwrap();
+    let err = stepped
+        .iter()
+        .zip(&full)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-5, "max error {err}");
+}
+
+#[test]
+fn shape_errors_name_the_tensor() {
+    let q = Tensor::<B, 4>::zeros([1, 4, 3, 16], &Default::default());
+    let k = Tensor::<B, 4>::zeros([1, 3, 3, 16], &Default::default());
+    let err = attention(q.clone(), k.clone(), k, &AttentionMode::Full).unwrap_err();
+    assert!(err.to_string().contains("`k`"), "{err}");
+    let k = Tensor::<B, 4>::zeros([1, 2, 3, 16], &Default::default());
+    let v = Tensor::<B, 4>::zeros([1, 2, 4, 16], &Default::default());
+    let err = attention(q.clone(), k.clone(), v, &AttentionMode::Full).unwrap_err();
+    assert!(err.to_string().contains("`v`"), "{err}");
+    let short = Tensor::<B, 4>::zeros([1, 2, 2, 16], &Default::default());
+    let err = attention(q.clone(), short.clone(), short, &AttentionMode::Full).unwrap_err();
+    assert!(err.to_string().contains("`q`"), "{err}");
+    let mut cache = LayerKvCache::new();
+    attend(
+        q.clone(),
+        k.clone(),
+        k.clone(),
+        &mut cache,
+        &AttentionMode::Full,
+    )
+    .unwrap();
+    let q2 = Tensor::<B, 4>::zeros([2, 4, 3, 16], &Default::default());
+    let k2 = Tensor::<B, 4>::zeros([2, 2, 3, 16], &Default::default());
+    let err = attend(q2, k2.clone(), k2, &mut cache, &AttentionMode::Full).unwrap_err();
+    assert!(err.to_string().contains("`cache`"), "{err}");
+}
