@@ -1,0 +1,78 @@
+//! Choosing a burn backend at run time (`--backend ndarray|wgpu|cuda` in the programs).
+//! Only this file names concrete backends; the model code is generic.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::Backend;
+
+use crate::error::ModelError;
+
+/// The burn backend a program runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// CPU, always available in the default build.
+    #[default]
+    Ndarray,
+    /// Vulkan / Metal / DX12 through wgpu (cargo feature `wgpu`).
+    Wgpu,
+    /// NVIDIA CUDA (cargo feature `cuda`).
+    Cuda,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "ndarray" => Ok(Self::Ndarray),
+            "wgpu" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown backend `{other}` (ndarray, wgpu, cuda)")),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ndarray => "ndarray",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// Work that is generic over the backend; [`run_on`] picks the concrete one.
+pub trait BackendTask {
+    /// What the work returns.
+    type Output;
+    /// The work's error type (must accept a missing-backend error).
+    type Error: From<ModelError>;
+    /// Runs on backend `B` with its default device.
+    fn run<B: Backend>(self, device: B::Device) -> std::result::Result<Self::Output, Self::Error>;
+}
+
+fn not_built(choice: BackendChoice) -> ModelError {
+    ModelError::InvalidArgument {
+        argument: "backend".into(),
+        message: format!("`{choice}` is not in this build: rebuild with `--features {choice}`"),
+    }
+}
+
+/// Runs `task` on the chosen backend, or says which cargo feature is missing.
+pub fn run_on<T: BackendTask>(
+    choice: BackendChoice,
+    task: T,
+) -> std::result::Result<T::Output, T::Error> {
+    match choice {
+        #[cfg(feature = "ndarray")]
+        BackendChoice::Ndarray => task.run::<burn::backend::NdArray<f32>>(Default::default()),
+        #[cfg(feature = "wgpu")]
+        BackendChoice::Wgpu => task.run::<burn::backend::Wgpu>(Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendChoice::Cuda => task.run::<burn::backend::Cuda>(Default::default()),
+        #[allow(unreachable_patterns)]
+        other => Err(not_built(other).into()),
+    }
+}

@@ -1,0 +1,6 @@
+//! GGUF files: metadata, tensor table and dequantisation (see reader.rs, dequant.rs).
+
+pub mod dequant;
+pub mod reader;
+
+pub use reader::{GgmlType, GgufFile, GgufTensorInfo, GgufValue};

@@ -1,0 +1,24 @@
+//! Root-mean-square layer norm, as in HF Llama/Qwen (`x / sqrt(mean(x^2) + eps) * weight`).
+
+use burn::tensor::{backend::Backend, Tensor};
+
+/// RMS norm over the last axis.
+#[derive(Debug, Clone)]
+pub struct RmsNorm<B: Backend> {
+    weight: Tensor<B, 1>,
+    eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// From the learnt scale `[d]` and epsilon.
+    pub fn new(weight: Tensor<B, 1>, eps: f64) -> Self {
+        Self { weight, eps }
+    }
+
+    /// Normalises the last axis of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let mean_square = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let normed = x * (mean_square + self.eps).sqrt().recip();
+        normed * self.weight.clone().unsqueeze::<D>()
+    }
+}

@@ -1,0 +1,340 @@
+//! Chat templates: the Jinja templates of HF `tokenizer_config.json` / GGUF metadata, rendered
+//! with minijinja the way transformers renders them with jinja2 (trim_blocks, lstrip_blocks,
+//! Python string methods, `raise_exception`, `strftime_now`, a `tojson` like Python's
+//! `json.dumps`).
+
+use minijinja::value::{Kwargs, Value};
+use minijinja::{Environment, Error, ErrorKind};
+use serde::Serialize;
+
+use crate::error::{ModelError, Result};
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message from `role` with `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Renders `template` for `messages`.
+pub(super) fn render(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |message: String| -> std::result::Result<Value, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, message))
+        },
+    );
+    env.add_function("strftime_now", |format: String| {
+        strftime(&format, now_utc())
+    });
+    env.add_filter("tojson", tojson);
+    let to_err = |e: Error| {
+        // raise_exception's message alone; other errors with their location in the template.
+        let message = match e.kind() {
+            ErrorKind::InvalidOperation if e.detail().is_some() => {
+                e.detail().unwrap_or_default().to_string()
+            }
+            _ => format!("{e:#}"),
+        };
+        ModelError::ChatTemplate { message }
+    };
+    env.add_template("chat_template", template)
+        .map_err(to_err)?;
+    let tmpl = env.get_template("chat_template").map_err(to_err)?;
+    tmpl.render(minijinja::context! {
+        messages => Value::from_serialize(messages),
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos_token,
+        eos_token => eos_token,
+        tools => Value::from(()),
+    })
+    .map_err(to_err)
+}
+
+/// `json.dumps(value, ensure_ascii=False, indent=indent, sort_keys=...)`, as transformers' own
+/// `tojson` (minijinja's escapes `<>&'` for HTML and drops the spaces after `,` and `:`).
+fn tojson(
+    value: &Value,
+    indent: Option<usize>,
+    kwargs: Kwargs,
+) -> std::result::Result<String, Error> {
+    let indent = match indent {
+        Some(n) => Some(n),
+        None => kwargs.get::<Option<usize>>("indent")?,
+    };
+    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    kwargs.assert_all_used()?;
+    let fail =
+        |e: serde_json::Error| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}"));
+    let mut out = Vec::new();
+    if sort_keys {
+        let sorted = Sorted::from(serde_json::to_value(value).map_err(fail)?);
+        write_json(&mut out, &sorted, indent).map_err(fail)?;
+    } else {
+        write_json(&mut out, value, indent).map_err(fail)?;
+    }
+    String::from_utf8(out).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+}
+
+fn write_json<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+    indent: Option<usize>,
+) -> serde_json::Result<()> {
+    match indent {
+        Some(n) => {
+            let spaces = vec![b' '; n];
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(&spaces);
+            value.serialize(&mut serde_json::Serializer::with_formatter(out, formatter))
+        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            out,
+            PythonFormatter,
+        )),
+    }
+}
+
+/// A JSON value whose maps serialise in key order (whatever serde_json's map type keeps).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Sorted {
+    Map(std::collections::BTreeMap<String, Sorted>),
+    List(Vec<Sorted>),
+    Leaf(serde_json::Value),
+}
+
+impl From<serde_json::Value> for Sorted {
+    fn from(v: serde_json::Value) -> Self {
+        match v {
+            serde_json::Value::Object(m) => {
+                Sorted::Map(m.into_iter().map(|(k, v)| (k, v.into())).collect())
+            }
+            serde_json::Value::Array(a) => Sorted::List(a.into_iter().map(Sorted::from).collect()),
+            leaf => Sorted::Leaf(leaf),
+        }
+    }
+}
+
+/// Python's default separators: `", "` and `": "`.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
+/// A UTC time broken down: (year, month 1-12, day 1-31, hour, minute, second, weekday 0=Monday).
+type DateTime = (i64, u32, u32, u32, u32, u32, u32);
+
+fn now_utc() -> DateTime {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    civil(secs)
+}
+
+/// Calendar date and time of a Unix timestamp (Howard Hinnant's `civil_from_days`).
+fn civil(secs: i64) -> DateTime {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400) as u32;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // 1970-01-01 was a Thursday (3 with Monday = 0).
+    let weekday = (days + 3).rem_euclid(7) as u32;
+    (
+        year,
+        month,
+        day,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        weekday,
+    )
+}
+
+/// Python's `strftime` for the common directives (the ones chat templates use for dates).
+fn strftime(format: &str, (year, month, day, hour, minute, second, weekday): DateTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    let month_name = MONTHS[(month as usize + 11) % 12];
+    let day_name = DAYS[weekday as usize % 7];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('e') => out.push_str(&format!("{day:>2}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('B') => out.push_str(month_name),
+            Some('b') | Some('h') => out.push_str(&month_name[..3]),
+            Some('A') => out.push_str(day_name),
+            Some('a') => out.push_str(&day_name[..3]),
+            Some('H') => out.push_str(&format!("{hour:02}")),
+            Some('I') => out.push_str(&format!("{:02}", (hour + 11) % 12 + 1)),
+            Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
+            Some('M') => out.push_str(&format!("{minute:02}")),
+            Some('S') => out.push_str(&format!("{second:02}")),
+            Some('F') => out.push_str(&format!("{year}-{month:02}-{day:02}")),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", " Hi "),
+        ]
+    }
+
+    #[test]
+    fn renders_chatml_with_python_methods() {
+        let t = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m['content'].strip() }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let out = render(t, &msgs(), true, "", "").unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn raise_exception_becomes_an_error() {
+        let t = "{% if messages[0].role != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}";
+        let err = render(t, &msgs(), false, "", "").unwrap_err();
+        assert!(matches!(err, ModelError::ChatTemplate { .. }));
+        assert_eq!(
+            err.to_string(),
+            "chat template: first message must be from the user"
+        );
+        let err = render("{% for %}", &msgs(), false, "", "").unwrap_err();
+        assert!(err.to_string().starts_with("chat template: "), "{err}");
+    }
+
+    #[test]
+    fn tojson_is_pythons_json_dumps() {
+        // (minijinja keeps map keys sorted unless built with `preserve_order`, so the literal's
+        // keys are already in order here.)
+        let t = r#"{{ {"a": none, "b": [1, 2.5, "<a & 'é'>"]} | tojson }}|{{ [1, {"k": true}] | tojson(indent=2) }}|{{ {"b": 1, "a": 2} | tojson(sort_keys=true) }}"#;
+        let out = render(t, &[], false, "", "").unwrap();
+        assert_eq!(
+            out,
+            "{\"a\": null, \"b\": [1, 2.5, \"<a & 'é'>\"]}|[\n  1,\n  {\n    \"k\": true\n  }\n]|{\"a\": 2, \"b\": 1}"
+        );
+    }
+
+    #[test]
+    fn strftime_formats_python_directives() {
+        // 2024-07-23 13:05:09 UTC was a Tuesday.
+        let t = civil(1_721_739_909);
+        assert_eq!(t, (2024, 7, 23, 13, 5, 9, 1));
+        assert_eq!(strftime("%d %b %Y", t), "23 Jul 2024");
+        assert_eq!(
+            strftime("%A, %B %e %H:%M:%S %p %% %q", t),
+            "Tuesday, July 23 13:05:09 PM % %q"
+        );
+        assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0, 3));
+        assert_eq!(strftime_now_len(), 11);
+    }
+
+    fn strftime_now_len() -> usize {
+        strftime("%d %b %Y", now_utc()).len()
+    }
+
+    #[test]
+    fn missing_variables_are_undefined_not_errors() {
+        let t = "{% if enable_thinking is defined and enable_thinking is false %}x{% endif %}{% if tools %}t{% endif %}{{ messages[::-1][0].content }}";
+        assert_eq!(render(t, &msgs(), false, "", "").unwrap(), " Hi ");
+    }
+}
