@@ -24,18 +24,26 @@ mod error;
 mod kv_cache;
 mod mode;
 pub mod reference;
+pub mod xattention;
 
 pub use error::AttentionError;
 pub use kv_cache::LayerKvCache;
 pub use mode::AttentionMode;
+pub use reference::{BlockSelection, KeyLayout, Visibility};
 
 use burn::tensor::{backend::Backend, Tensor};
 
 /// The single attention entry point of flux.
 ///
 /// `q` is `[b, hq, nq, d]` (RoPE applied), `k_new` and `v_new` are `[b, hkv, nq, d]` for the same
-/// `nq` new positions. They are appended to `cache`; the queries then attend causally to every
-/// cached position (the new ones are the last `nq`). Returns `[b, hq, nq, d]`.
+/// `nq` new positions. They are appended to `cache`; the queries then attend causally to the
+/// cached positions `mode` lets them see (the new ones are the last `nq`). Returns
+/// `[b, hq, nq, d]`.
+///
+/// The first call on an empty cache is the prompt (prefill): triangle's dense queries and
+/// XAttention's block selection apply to it. Later calls are decode steps: streaming and triangle
+/// read only the sink and the window, XAttention reads every key. With eviction on, sink + window
+/// modes then drop from `cache` what they will never read again.
 pub fn attend<B: Backend>(
     q: Tensor<B, 4>,
     k_new: Tensor<B, 4>,
@@ -60,8 +68,16 @@ pub fn attend<B: Backend>(
             });
         }
     }
+    mode.validate()?;
+    let prefill = cache.is_empty();
     let (k, v) = cache.append(k_new, v_new);
-    attention(q, k, v, mode)
+    let prompt_len = cache.prompt_len().unwrap_or(cache.len());
+    let visibility = visibility(&q, &k, mode, prefill, prompt_len);
+    let out = reference::masked_attention(q, k, v, cache.layout(), &visibility);
+    if let Some((sink, window)) = mode.decode_window() {
+        cache.evict_outside(sink, window);
+    }
+    Ok(out)
 }
 
 /// Causal attention without a cache: the `nq` queries are the last `nq` positions of the `nk`
@@ -83,8 +99,52 @@ pub fn attention<B: Backend>(
             found: q.dims().to_vec(),
         });
     }
-    match mode {
-        AttentionMode::Full => Ok(reference::causal_attention(q, k, v)),
+    mode.validate()?;
+    let prompt_len = k.dims()[2];
+    let visibility = visibility(&q, &k, mode, true, prompt_len);
+    Ok(reference::masked_attention(
+        q,
+        k,
+        v,
+        KeyLayout::default(),
+        &visibility,
+    ))
+}
+
+/// Which keys the queries of one call see under `mode`; `prefill` when the call holds the prompt
+/// (of `prompt_len` positions).
+fn visibility<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    mode: &AttentionMode,
+    prefill: bool,
+    prompt_len: usize,
+) -> Visibility {
+    match *mode {
+        AttentionMode::Full => Visibility::Causal,
+        AttentionMode::Streaming { sink, window } => Visibility::Window {
+            sink,
+            window,
+            dense: 0..0,
+        },
+        AttentionMode::Triangle {
+            sink,
+            window,
+            last_queries,
+        } => Visibility::Window {
+            sink,
+            window,
+            dense: prompt_len.saturating_sub(last_queries)..prompt_len,
+        },
+        AttentionMode::XAttention { .. } if !prefill => Visibility::Causal,
+        AttentionMode::XAttention {
+            block,
+            stride,
+            threshold,
+        } => {
+            let scores = xattention::block_scores(q, k, block, stride);
+            Visibility::Blocks(xattention::select_blocks(&scores, threshold))
+        }
     }
 }
 

@@ -2,12 +2,114 @@
 //! backends without kernels.
 //!
 //! Queries are chunked so that the score tensor of one step is `[batch, heads, chunk, keys]`,
-//! never `[batch, heads, N, N]`: long prompts run on CPU in O(N * chunk) memory.
+//! never `[batch, heads, N, N]`: long prompts run on CPU in O(N * chunk) memory. Sink + window
+//! rules only gather the keys a chunk can see, so their cost grows with `N * (sink + window)`.
 
-use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor};
+use std::ops::Range;
+
+use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorData};
 
 /// Upper bound on the elements of one chunk's score tensor (64 MiB of f32).
-const MAX_SCORE_ELEMENTS: usize = 1 << 24;
+pub(crate) const MAX_SCORE_ELEMENTS: usize = 1 << 24;
+
+/// Where stored keys sit in the sequence when a cache has evicted some: stored index `s` is
+/// position `s` for `s < kept_sink`, and position `s + dropped` after that.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyLayout {
+    /// Leading positions kept in front of the gap.
+    pub kept_sink: usize,
+    /// Positions evicted between the sink and the rest.
+    pub dropped: usize,
+}
+
+impl KeyLayout {
+    /// Sequence position of stored index `s`.
+    pub fn position(&self, s: usize) -> usize {
+        if s < self.kept_sink {
+            s
+        } else {
+            s + self.dropped
+        }
+    }
+
+    /// Stored indices of the sequence positions `[from, to)`, without the evicted ones.
+    fn stored_range(&self, from: usize, to: usize) -> Range<usize> {
+        let index = |p: usize| {
+            if p <= self.kept_sink {
+                p
+            } else if p <= self.kept_sink + self.dropped {
+                self.kept_sink
+            } else {
+                p - self.dropped
+            }
+        };
+        index(from)..index(to)
+    }
+}
+
+/// Which earlier keys a query sees, resolved for one attention call. Every rule is also causal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Visibility {
+    /// Every earlier key.
+    Causal,
+    /// Keys before `sink` and the last `window` positions up to the query; queries whose
+    /// position lies in `dense` see every earlier key.
+    Window {
+        /// Leading positions every query sees.
+        sink: usize,
+        /// Recent positions (the query's own included) every query sees.
+        window: usize,
+        /// Query positions that attend densely.
+        dense: Range<usize>,
+    },
+    /// Key blocks chosen per sequence, query head and query block (XAttention).
+    Blocks(BlockSelection),
+}
+
+/// Key blocks kept per `(sequence, query head, query block)`: the block of position `p` is
+/// `p / block`; query blocks are counted from `first_q_block`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockSelection {
+    /// Block size in tokens.
+    pub block: usize,
+    /// Sequence block index of the first query block described.
+    pub first_q_block: usize,
+    /// Query blocks described.
+    pub q_blocks: usize,
+    /// Key blocks per query block (all key blocks of the sequence).
+    pub k_blocks: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// `keep[((b * heads + h) * q_blocks + qb) * k_blocks + kb]`.
+    pub keep: Vec<bool>,
+}
+
+impl BlockSelection {
+    /// Whether key block `kb` is kept for query block `qb` (sequence block indices).
+    pub fn keeps(&self, b: usize, h: usize, qb: usize, kb: usize) -> bool {
+        let row = (b * self.heads + h) * self.q_blocks + (qb - self.first_q_block);
+        self.keep[row * self.k_blocks + kb]
+    }
+
+    /// Share of the causal (query block, key block) pairs kept, over every sequence and head.
+    pub fn density(&self) -> f64 {
+        let (mut kept, mut causal) = (0usize, 0usize);
+        for row in 0..self.keep.len() / self.k_blocks.max(1) {
+            let qb = self.first_q_block + row % self.q_blocks;
+            for kb in 0..=qb.min(self.k_blocks - 1) {
+                causal += 1;
+                kept += self.keep[row * self.k_blocks + kb] as usize;
+            }
+        }
+        kept as f64 / causal.max(1) as f64
+    }
+}
+
+impl Visibility {
+    fn window_sees(sink: usize, window: usize, dense: &Range<usize>, q: usize, k: usize) -> bool {
+        k <= q && (k < sink || q - k < window || dense.contains(&q))
+    }
+}
 
 /// Causal GQA attention where the `nq` queries are the last `nq` positions of the `nk` keys.
 ///
@@ -19,47 +121,182 @@ pub fn causal_attention<B: Backend>(
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
+    masked_attention(q, k, v, KeyLayout::default(), &Visibility::Causal)
+}
+
+/// GQA attention of the last `nq` sequence positions over the stored keys of `layout`, each
+/// query seeing the keys `visibility` allows. Shapes as in [`causal_attention`], with `nk` the
+/// stored keys; queries are at positions `layout.position(nk - 1) + 1 - nq ..`.
+pub fn masked_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    layout: KeyLayout,
+    visibility: &Visibility,
+) -> Tensor<B, 4> {
     let [b, hq, nq, d] = q.dims();
     let [_, hkv, nk, _] = k.dims();
     let group = hq / hkv;
-    let past = nk - nq;
+    let total = nk + layout.dropped;
+    let first_query = total - nq;
     let scale = (d as f64).powf(-0.5);
     let device = q.device();
 
     // [b, hkv, group, nq, d]: a view, heads of one KV group are adjacent.
     let q = q.mul_scalar(scale).reshape([b, hkv, group, nq, d]);
-    let rows_per_chunk = (MAX_SCORE_ELEMENTS / (b * hq * nk).max(1)).clamp(1, nq.max(1));
+    let budget = MAX_SCORE_ELEMENTS / (b * hq).max(1);
+    let rows_per_chunk = match visibility {
+        Visibility::Window { sink, window, .. } => {
+            let span = (sink + window).min(nk).max(1);
+            (budget / span).clamp(1, (*window).max(128))
+        }
+        _ => budget / nk.max(1),
+    }
+    .clamp(1, nq.max(1));
 
     let mut outputs = Vec::with_capacity(nq.div_ceil(rows_per_chunk));
     let mut start = 0;
     while start < nq {
         let rows = rows_per_chunk.min(nq - start);
-        // Keys after the chunk's last query are masked for every row: leave them out.
-        let keys = past + start + rows;
+        let (pa, pb) = (first_query + start, first_query + start + rows);
+        let ranges = key_ranges(layout, visibility, pa, pb);
+        let key_positions: Vec<usize> = ranges
+            .iter()
+            .flat_map(|r| r.clone().map(|s| layout.position(s)))
+            .collect();
+        let keys = key_positions.len();
+        let gather = |t: &Tensor<B, 4>| {
+            let parts: Vec<_> = ranges
+                .iter()
+                .map(|r| t.clone().narrow(2, r.start, r.len()))
+                .collect();
+            if parts.len() == 1 {
+                parts.into_iter().next().expect("one range")
+            } else {
+                Tensor::cat(parts, 2)
+            }
+        };
+        let (k_chunk, v_chunk) = (gather(&k), gather(&v));
         let q_chunk = q
             .clone()
             .narrow(3, start, rows)
             .reshape([b, hkv, group * rows, d]);
-        let k_chunk = k.clone().narrow(2, 0, keys);
-        let v_chunk = v.clone().narrow(2, 0, keys);
         let scores = q_chunk.matmul(k_chunk.swap_dims(2, 3)); // [b, hkv, group*rows, keys]
-        let scores = if rows > 1 {
-            // Row r (absolute position past + start + r) sees keys j <= past + start + r.
-            let mask =
-                Tensor::<B, 2, Bool>::tril_mask([rows, keys], (past + start) as i64, &device)
-                    .reshape([1, 1, 1, rows, keys])
-                    .expand([b, hkv, group, rows, keys]);
-            scores
+        let scores = match chunk_mask::<B>(visibility, &key_positions, pa, rows, b, hq, &device) {
+            Some(mask) => scores
                 .reshape([b, hkv, group, rows, keys])
-                .mask_fill(mask, f32::NEG_INFINITY)
-                .reshape([b, hkv, group * rows, keys])
-        } else {
-            scores
+                .mask_fill(mask.reshape([b, hkv, group, rows, keys]), f32::NEG_INFINITY)
+                .reshape([b, hkv, group * rows, keys]),
+            None => scores,
         };
         let probs = softmax(scores, 3);
         let out = probs.matmul(v_chunk); // [b, hkv, group*rows, d]
         outputs.push(out.reshape([b, hkv, group, rows, d]));
         start += rows;
     }
-    Tensor::cat(outputs, 3).reshape([b, hq, nq, d])
+    if outputs.len() == 1 {
+        outputs.pop().expect("one chunk").reshape([b, hq, nq, d])
+    } else {
+        Tensor::cat(outputs, 3).reshape([b, hq, nq, d])
+    }
+}
+
+/// Stored key ranges the queries at positions `[pa, pb)` may see.
+fn key_ranges(
+    layout: KeyLayout,
+    visibility: &Visibility,
+    pa: usize,
+    pb: usize,
+) -> Vec<Range<usize>> {
+    let all = layout.stored_range(0, pb);
+    match visibility {
+        Visibility::Window {
+            sink,
+            window,
+            dense,
+        } if !(dense.start < pb && pa < dense.end) => {
+            let sink_end = (*sink).min(pb);
+            let window_start = (pa + 1).saturating_sub(*window);
+            if window_start <= sink_end {
+                vec![all]
+            } else {
+                [
+                    layout.stored_range(0, sink_end),
+                    layout.stored_range(window_start, pb),
+                ]
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .collect()
+            }
+        }
+        _ => vec![all],
+    }
+}
+
+/// The `[b, hq, rows, keys]` mask (true = hidden) of queries at positions `pa..pa + rows` over
+/// keys at `key_positions`, or `None` when every key is visible to every query.
+fn chunk_mask<B: Backend>(
+    visibility: &Visibility,
+    key_positions: &[usize],
+    pa: usize,
+    rows: usize,
+    b: usize,
+    hq: usize,
+    device: &B::Device,
+) -> Option<Tensor<B, 4, Bool>> {
+    let keys = key_positions.len();
+    let hidden_row = |q: usize, out: &mut Vec<bool>, sees: &dyn Fn(usize, usize) -> bool| {
+        out.extend(key_positions.iter().map(|&k| !sees(q, k)));
+    };
+    match visibility {
+        // Contiguous keys from position 0: burn's triangular mask, built on the device.
+        Visibility::Causal if key_positions.last().is_none_or(|&p| p + 1 == keys) => (rows > 1)
+            .then(|| {
+                Tensor::<B, 2, Bool>::tril_mask([rows, keys], pa as i64, device)
+                    .reshape([1, 1, rows, keys])
+                    .expand([b, hq, rows, keys])
+            }),
+        Visibility::Causal | Visibility::Window { .. } => {
+            let mut hidden = Vec::with_capacity(rows * keys);
+            for r in 0..rows {
+                let q = pa + r;
+                match visibility {
+                    Visibility::Window {
+                        sink,
+                        window,
+                        dense,
+                    } => hidden_row(q, &mut hidden, &|q, k| {
+                        Visibility::window_sees(*sink, *window, dense, q, k)
+                    }),
+                    _ => hidden_row(q, &mut hidden, &|q, k| k <= q),
+                }
+            }
+            if !hidden.iter().any(|&h| h) {
+                return None;
+            }
+            Some(
+                Tensor::<B, 2, Bool>::from_data(TensorData::new(hidden, [rows, keys]), device)
+                    .reshape([1, 1, rows, keys])
+                    .expand([b, hq, rows, keys]),
+            )
+        }
+        Visibility::Blocks(selection) => {
+            let mut hidden = Vec::with_capacity(b * hq * rows * keys);
+            for bi in 0..b {
+                for h in 0..hq {
+                    for r in 0..rows {
+                        let q = pa + r;
+                        hidden_row(q, &mut hidden, &|q, k| {
+                            k <= q
+                                && selection.keeps(bi, h, q / selection.block, k / selection.block)
+                        });
+                    }
+                }
+            }
+            Some(Tensor::<B, 4, Bool>::from_data(
+                TensorData::new(hidden, [b, hq, rows, keys]),
+                device,
+            ))
+        }
+    }
 }

@@ -1,73 +1,11 @@
 //! Full causal attention against a naive float64 implementation.
 
-use burn::backend::NdArray;
-use burn::tensor::{Tensor, TensorData};
+mod common;
+
+use burn::tensor::Tensor;
+use common::{max_abs_diff, naive, random, tensor, Case, B};
 use flux_attention::{attend, attention, AttentionMode, LayerKvCache};
-use rand::{rngs::StdRng, Rng, SeedableRng};
-
-type B = NdArray<f32>;
-
-struct Case {
-    b: usize,
-    hq: usize,
-    hkv: usize,
-    nq: usize,
-    nk: usize,
-    d: usize,
-}
-
-fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-fn tensor(data: &[f32], shape: [usize; 4]) -> Tensor<B, 4> {
-    Tensor::from_data(TensorData::new(data.to_vec(), shape), &Default::default())
-}
-
-/// out[b][h][i] = softmax_j<=past+i (q.k_j / sqrt(d)) v_j, all in f64, K/V head = h / group.
-fn naive(c: &Case, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {
-    let group = c.hq / c.hkv;
-    let past = c.nk - c.nq;
-    let mut out = vec![0f64; c.b * c.hq * c.nq * c.d];
-    for b in 0..c.b {
-        for h in 0..c.hq {
-            let kh = h / group;
-            for i in 0..c.nq {
-                let qi = &q[((b * c.hq + h) * c.nq + i) * c.d..][..c.d];
-                let visible = past + i + 1;
-                let scores: Vec<f64> = (0..visible)
-                    .map(|j| {
-                        let kj = &k[((b * c.hkv + kh) * c.nk + j) * c.d..][..c.d];
-                        qi.iter()
-                            .zip(kj)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum::<f64>()
-                            / (c.d as f64).sqrt()
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let total: f64 = weights.iter().sum();
-                let o = &mut out[((b * c.hq + h) * c.nq + i) * c.d..][..c.d];
-                for (j, w) in weights.iter().enumerate() {
-                    let vj = &v[((b * c.hkv + kh) * c.nk + j) * c.d..][..c.d];
-                    for (o, x) in o.iter_mut().zip(vj) {
-                        *o += w / total * *x as f64;
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - y).abs())
-        .fold(0.0, f64::max)
-}
+use rand::{rngs::StdRng, SeedableRng};
 
 #[test]
 fn full_attention_matches_float64_reference() {
