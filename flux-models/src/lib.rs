@@ -28,7 +28,7 @@ pub mod weights;
 
 pub use config::{Architecture, RopeScaling, TransformerConfig};
 pub use error::{ModelError, Result};
-pub use generation::{generate, GenerationConfig, GenerationOutput, StopReason};
+pub use generation::{generate, generate_routed, GenerationConfig, GenerationOutput, StopReason};
 pub use loader::{load, load_weights, LoadedModel};
-pub use model::{KvCache, Model};
+pub use model::{KvCache, Model, Routing, TrainForward};
 pub use tokenizer::Tokenizer;

@@ -1,5 +1,7 @@
 //! End-to-end speed of a model: prefill (prompt tokens/s) and decode (generated tokens/s after
-//! that prompt), median of `--repeats` runs after one warm-up. Prints a markdown table.
+//! that prompt) under one or more routing plans, median of `--repeats` runs after one warm-up;
+//! the share of time in attention, the KV cache size with and without eviction, and the cost
+//! of running the routers at prefill. Prints a markdown table.
 //!
 //! Outputs are read back and checked to be finite, so a failed backend op cannot produce a
 //! timing (platform.md: burn prints a device-thread panic and carries on).
@@ -8,11 +10,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::Backend;
+use burn::tensor::{backend::Backend, Distribution, Tensor};
 use clap::Parser;
+use flux_attention::AttentionMode;
+use flux_examples::routing_args::SparseModeChoice;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::generation::argmax;
-use flux_models::{load, Model};
+use flux_models::{load, Model, Routing};
+use flux_router::{ForcedPlan, LayerRouterConfig, RoutingPlan};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Prefill and decode speed of a model on one backend.
@@ -33,6 +38,51 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
+    /// Plans, comma-separated: all-full, all-sparse, first:K, last:K, fraction:F
+    /// (`layers:` lists need `;` instead of `,` between layers here).
+    #[arg(long, value_delimiter = ',', default_value = "all-full")]
+    plans: Vec<String>,
+    /// Sparse mode of the sparse layers.
+    #[arg(long, value_enum, default_value = "streaming")]
+    sparse_mode: SparseModeChoice,
+    /// Sink tokens of streaming / triangle.
+    #[arg(long, default_value_t = 128)]
+    sink: usize,
+    /// Window tokens of streaming / triangle.
+    #[arg(long, default_value_t = 2048)]
+    window: usize,
+    /// Prompt length of the warm-up run.
+    #[arg(long, default_value_t = 256)]
+    warmup_tokens: usize,
+    /// Sink + window layers keep only the sink and the window in the KV cache (full-attention
+    /// layers keep everything, so an all-full row gives the size without eviction).
+    #[arg(long)]
+    evict_kv: bool,
+}
+
+impl Args {
+    fn sparse_mode(&self) -> AttentionMode {
+        match self.sparse_mode {
+            SparseModeChoice::Streaming => AttentionMode::Streaming {
+                sink: self.sink,
+                window: self.window,
+            },
+            SparseModeChoice::Triangle => AttentionMode::Triangle {
+                sink: self.sink,
+                window: self.window,
+                last_queries: 128,
+            },
+            SparseModeChoice::Xattention => AttentionMode::xattention(),
+        }
+    }
+}
+
+/// What one run measured.
+struct Run {
+    prefill: f64,
+    decode: f64,
+    attention: f64,
+    kv_bytes: usize,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -57,11 +107,25 @@ fn last_logits<B: Backend>(
     Ok(row)
 }
 
-/// One prefill of `prompt` then `steps` greedy decode steps; returns (prefill s, decode s).
-fn run_once<B: Backend>(model: &Model<B>, prompt: &[u32], steps: usize) -> Result<(f64, f64)> {
-    let mut cache = model.new_cache();
+/// One prefill of `prompt` then `steps` greedy decode steps under `plan`.
+fn run_once<B: Backend>(
+    model: &Model<B>,
+    prompt: &[u32],
+    steps: usize,
+    plan: &RoutingPlan,
+    evict: bool,
+) -> Result<Run> {
+    let timer = model.attention_timer();
+    timer.reset();
+    timer.set_enabled(true);
+    let mut cache = model.new_cache_with_eviction(evict);
     let t0 = Instant::now();
-    let hidden = model.forward(model.token_tensor(&[prompt.to_vec()])?, &mut cache)?;
+    let hidden = model.forward_routed(
+        model.token_tensor(&[prompt.to_vec()])?,
+        None,
+        &mut cache,
+        Routing::Plan(plan),
+    )?;
     let mut next = argmax(&last_logits(model, hidden)?) as u32;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -69,7 +133,39 @@ fn run_once<B: Backend>(model: &Model<B>, prompt: &[u32], steps: usize) -> Resul
         let hidden = model.forward(model.token_tensor(&[vec![next]])?, &mut cache)?;
         next = argmax(&last_logits(model, hidden)?) as u32;
     }
-    Ok((prefill, t1.elapsed().as_secs_f64()))
+    let decode = t1.elapsed().as_secs_f64();
+    timer.set_enabled(false);
+    Ok(Run {
+        prefill,
+        decode,
+        attention: timer.elapsed().as_secs_f64(),
+        kv_bytes: cache.allocated_bytes(),
+    })
+}
+
+/// Seconds the routers of every layer take at prefill: pooling and MLP on query states of
+/// `n` tokens (median of 3).
+fn router_seconds<B: Backend>(model: &Model<B>, n: usize) -> Result<f64> {
+    let c = model.config();
+    let router = LayerRouterConfig::new(c.head_dim).init::<B>(model.device());
+    let q = Tensor::<B, 4>::random(
+        [1, c.num_heads, n, c.head_dim],
+        Distribution::Default,
+        model.device(),
+    );
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..c.num_layers {
+            let logits = router.forward(q.clone(), None)?;
+            let v = logits.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            if v.iter().any(|x| !x.is_finite()) {
+                bail!("non-finite router logits");
+            }
+        }
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
 }
 
 impl BackendTask for Args {
@@ -86,34 +182,63 @@ impl BackendTask for Args {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let sparse_mode = self.sparse_mode();
+        let layers = model.config().num_layers;
+        let plans = self
+            .plans
+            .iter()
+            .map(|p| {
+                let forced: ForcedPlan = p.replace(';', ",").parse()?;
+                Ok((p.clone(), RoutingPlan::forced(&forced, layers, sparse_mode, 1)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let warmup: Vec<u32> = (0..self.warmup_tokens.max(1))
+            .map(|_| rng.random_range(0..vocab.min(30_000)))
+            .collect();
+        run_once(model, &warmup, 2, &plans[0].1, false)?;
         let mut rows = Vec::new();
         for &n in &self.prompt_tokens {
             // Token ids drawn from the lower vocabulary (ordinary tokens, no specials).
             let prompt: Vec<u32> = (0..n)
                 .map(|_| rng.random_range(0..vocab.min(30_000)))
                 .collect();
-            run_once(model, &prompt, 2)?; // warm-up
-            let mut prefill = Vec::new();
-            let mut decode = Vec::new();
-            for _ in 0..self.repeats.max(1) {
-                let (p, d) = run_once(model, &prompt, self.decode_tokens)?;
-                prefill.push(p);
-                decode.push(d);
-                eprintln!(
-                    "{name} N={n}: prefill {p:.3} s, decode {d:.3} s for {} tokens",
-                    self.decode_tokens
+            let routers = router_seconds(model, n)?;
+            for (name_of_plan, plan) in &plans {
+                let mut runs = Vec::new();
+                for _ in 0..self.repeats.max(1) {
+                    let r = run_once(model, &prompt, self.decode_tokens, plan, self.evict_kv)?;
+                    eprintln!(
+                        "{name} N={n} {name_of_plan}: prefill {:.3} s, decode {:.3} s for {} tokens, attention {:.3} s",
+                        r.prefill, r.decode, self.decode_tokens, r.attention
+                    );
+                    runs.push(r);
+                }
+                let p = median(runs.iter().map(|r| r.prefill).collect());
+                let d = median(runs.iter().map(|r| r.decode).collect());
+                let attn = median(
+                    runs.iter()
+                        .map(|r| r.attention / (r.prefill + r.decode))
+                        .collect(),
                 );
+                let mib = |b: usize| b as f64 / (1 << 20) as f64;
+                rows.push(format!(
+                    "| {name} | {:?} | {n} | {name_of_plan} ({}) | {p:.3} | {:.1} | {:.2} | {:.0} % | {:.1} | {:.2} % |",
+                    self.backend,
+                    plan.layer_string(0),
+                    n as f64 / p,
+                    self.decode_tokens as f64 / d,
+                    100.0 * attn,
+                    mib(runs[0].kv_bytes),
+                    100.0 * routers / p,
+                ));
             }
-            let (p, d) = (median(prefill), median(decode));
-            rows.push(format!(
-                "| {name} | {:?} | {n} | {p:.3} | {:.1} | {:.2} |",
-                self.backend,
-                n as f64 / p,
-                self.decode_tokens as f64 / d
-            ));
         }
-        println!("| model | backend | prompt tokens | prefill s (median) | prompt tokens/s | decode tokens/s |");
-        println!("|---|---|---|---|---|---|");
+        println!(
+            "sparse mode: {sparse_mode}; KV eviction {}",
+            if self.evict_kv { "on" } else { "off" }
+        );
+        println!("| model | backend | prompt tokens | plan | prefill s (median) | prompt tokens/s | decode tokens/s | attention share | KV MiB after decode | routers / prefill |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for r in rows {
             println!("{r}");
         }

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::tensor::backend::Backend;
 use clap::Parser;
+use flux_examples::routing_args::{describe_plan, RoutingArgs};
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::generation::Sampling;
 use flux_models::tokenizer::ChatMessage;
-use flux_models::{load, GenerationConfig};
+use flux_models::{generate_routed, load, GenerationConfig};
 
 /// Generate text with a Llama / Qwen model (HF folder or GGUF file).
 #[derive(Parser, Clone)]
@@ -50,6 +51,8 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
+    #[command(flatten)]
+    routing: RoutingArgs,
 }
 
 impl BackendTask for Args {
@@ -59,6 +62,7 @@ impl BackendTask for Args {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let loaded = load::<B>(&self.model, &device)?;
         let tokenizer = &loaded.tokenizer;
+        let routing = self.routing.setup(&loaded.model)?;
         let prompt_ids = if self.chat {
             let mut messages = Vec::new();
             if let Some(system) = &self.system {
@@ -87,16 +91,39 @@ impl BackendTask for Args {
             seed: self.seed,
             stop_on_eos: !self.ignore_eos,
             stop_strings: self.stop.clone(),
+            evict_kv: self.routing.evict_kv,
         };
         if !self.chat {
             print!("{}", self.prompt);
         }
-        let out = flux_models::generate(&loaded.model, tokenizer, &prompt_ids, &config, |text| {
-            print!("{text}");
-            let _ = std::io::stdout().flush();
-        })?;
+        let timer = loaded.model.attention_timer();
+        timer.reset();
+        timer.set_enabled(true);
+        let out = generate_routed(
+            &loaded.model,
+            tokenizer,
+            &prompt_ids,
+            &config,
+            routing.routing(),
+            |text| {
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            },
+        )?;
         println!();
         let _ = std::io::stdout().flush();
+        let total = out.prefill_seconds + out.decode_seconds;
+        let attention = timer.elapsed().as_secs_f64();
+        eprintln!(
+            "{}",
+            describe_plan(out.plan.as_ref(), loaded.model.config().num_layers)
+        );
+        eprintln!(
+            "time: {total:.3} s, attention {attention:.3} s ({:.1} %), the rest {:.3} s; KV cache {:.1} MiB",
+            100.0 * attention / total.max(1e-9),
+            total - attention,
+            out.kv_cache_bytes as f64 / (1 << 20) as f64,
+        );
         eprintln!(
             "prompt: {} tokens in {:.3} s ({:.1} tokens/s); generated: {} tokens, {:.1} tokens/s; stop: {:?}",
             out.prompt_tokens,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
 use clap::Parser;
+use flux_examples::routing_args::{describe_plan, RoutingArgs};
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::load;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,6 +33,8 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
+    #[command(flatten)]
+    routing: RoutingArgs,
 }
 
 /// Rows of logits turned into log-probs at once (bounds memory to rows x vocab).
@@ -46,6 +49,12 @@ impl BackendTask for Args {
             .with_context(|| format!("reading {}", self.file.display()))?;
         let loaded = load::<B>(&self.model, &device)?;
         let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
+        let routing = self.routing.setup(model)?;
+        let layers = model.config().num_layers;
+        // Per window: routed windows may get different plans; count sparse layers over all.
+        let mut sparse_layers = 0usize;
+        let mut windows = 0usize;
+        let mut first_plan = None;
         let mut ids = tokenizer.encode(&text, false)?;
         if self.add_bos {
             let bos = tokenizer
@@ -80,7 +89,17 @@ impl BackendTask for Args {
         while start + 1 < ids.len() {
             let window = &ids[start..(start + context).min(ids.len())];
             let mut cache = model.new_cache();
-            let hidden = model.forward(model.token_tensor(&[window.to_vec()])?, &mut cache)?;
+            let hidden = model.forward_routed(
+                model.token_tensor(&[window.to_vec()])?,
+                None,
+                &mut cache,
+                routing.routing(),
+            )?;
+            windows += 1;
+            if let Some(plan) = cache.plan() {
+                sparse_layers += plan.layer_string(0).matches('S').count();
+                first_plan.get_or_insert_with(|| plan.clone());
+            }
             let n = window.len();
             let mut row = 0;
             while row + 1 < n {
@@ -113,6 +132,18 @@ impl BackendTask for Args {
             start += n - 1;
         }
         progress.finish_and_clear();
+        eprintln!(
+            "{}{}",
+            describe_plan(first_plan.as_ref(), layers),
+            if windows > 1 {
+                format!(
+                    " (first window; {:.1} % of layers sparse over {windows} windows)",
+                    100.0 * sparse_layers as f64 / (windows * layers) as f64
+                )
+            } else {
+                String::new()
+            }
+        );
         let perplexity = (-total_logprob / scored as f64).exp();
         if self.json {
             writeln!(

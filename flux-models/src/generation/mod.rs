@@ -13,8 +13,9 @@ use burn::tensor::backend::Backend;
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::error::{ModelError, Result};
-use crate::model::Model;
+use crate::model::{Model, Routing};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
+use flux_router::RoutingPlan;
 
 /// What to generate and when to stop.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,8 @@ pub struct GenerationConfig {
     pub stop_on_eos: bool,
     /// Stop when the generated text contains one of these; the text is cut before it.
     pub stop_strings: Vec<String>,
+    /// Layers routed to a sink + window mode keep only the sink and the window in the KV cache.
+    pub evict_kv: bool,
 }
 
 impl GenerationConfig {
@@ -44,6 +47,7 @@ impl GenerationConfig {
             seed: 0,
             stop_on_eos: true,
             stop_strings: Vec::new(),
+            evict_kv: false,
         }
     }
 }
@@ -74,6 +78,10 @@ pub struct GenerationOutput {
     pub prefill_seconds: f64,
     /// Seconds of the decode steps after the first token.
     pub decode_seconds: f64,
+    /// The per-layer plan used (prefill and decode), when the generation was routed.
+    pub plan: Option<RoutingPlan>,
+    /// Bytes held by the KV cache at the end.
+    pub kv_cache_bytes: usize,
 }
 
 impl GenerationOutput {
@@ -96,6 +104,19 @@ pub fn generate<B: Backend>(
     tokenizer: &Tokenizer,
     prompt: &[u32],
     config: &GenerationConfig,
+    on_text: impl FnMut(&str),
+) -> Result<GenerationOutput> {
+    generate_routed(model, tokenizer, prompt, config, Routing::Full, on_text)
+}
+
+/// [`generate`] with a routing choice for the prefill (a plan, or the routers), kept for every
+/// decode step.
+pub fn generate_routed<B: Backend>(
+    model: &Model<B>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    config: &GenerationConfig,
+    routing: Routing<'_, B>,
     mut on_text: impl FnMut(&str),
 ) -> Result<GenerationOutput> {
     if prompt.is_empty() {
@@ -105,7 +126,7 @@ pub fn generate<B: Backend>(
         });
     }
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache_with_eviction(config.evict_kv);
     let mut decoder = StreamDecoder::new(tokenizer);
     let mut stops = StopStrings::new(&config.stop_strings);
     let mut tokens = Vec::new();
@@ -116,7 +137,12 @@ pub fn generate<B: Backend>(
     let mut next_input = prompt.to_vec();
     let mut prefill_seconds = 0.0;
     while tokens.len() < config.max_new_tokens {
-        let hidden = model.forward(model.token_tensor(&[next_input])?, &mut cache)?;
+        let hidden = model.forward_routed(
+            model.token_tensor(&[next_input])?,
+            None,
+            &mut cache,
+            routing,
+        )?;
         let [_, n, _] = hidden.dims();
         let logits = model.logits(hidden.narrow(1, n - 1, 1));
         let row = logits
@@ -168,5 +194,7 @@ pub fn generate<B: Backend>(
         prompt_tokens: prompt.len(),
         prefill_seconds,
         decode_seconds: total - prefill_seconds,
+        plan: cache.plan().cloned(),
+        kv_cache_bytes: cache.allocated_bytes(),
     })
 }

@@ -1,12 +1,17 @@
 //! One pre-norm decoder layer: self-attention then a SwiGLU MLP, each with a residual.
 
-use burn::tensor::{activation::silu, backend::Backend, Tensor};
-use flux_attention::{attend, AttentionMode, LayerKvCache};
+use std::ops::Range;
+
+use burn::tensor::{backend::Backend, Tensor};
+use flux_attention::{attend, attention, AttentionMode, LayerKvCache};
+use flux_router::{argmax_decisions, silu};
 
 use super::linear::Linear;
 use super::rms_norm::RmsNorm;
 use super::rope::RopeTables;
-use crate::error::Result;
+use super::routing::{LayerChoice, LayerDecision};
+use super::timer::AttentionTimer;
+use crate::error::{ModelError, Result};
 
 /// Self-attention of one layer (GQA, optional q/k norm of Qwen3).
 #[derive(Debug, Clone)]
@@ -46,15 +51,8 @@ impl<B: Backend> SelfAttention<B> {
         x.reshape([b, n, heads, head_dim]).swap_dims(1, 2)
     }
 
-    /// Attention of `x` `[b, n, hidden]` at the positions of `rope`, through the KV cache.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
-        cache: &mut LayerKvCache<B>,
-        mode: &AttentionMode,
-    ) -> Result<Tensor<B, 3>> {
-        let [b, n, _] = x.dims();
+    /// Query, key and value states of `x` `[b, n, hidden]`, before RoPE (after q/k norm).
+    fn project(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let mut q = Self::heads(
             self.q_proj.forward(x.clone()),
             self.num_heads,
@@ -70,14 +68,131 @@ impl<B: Backend> SelfAttention<B> {
             q = q_norm.forward(q);
             k = k_norm.forward(k);
         }
-        let q = rope.apply(q);
-        let k = rope.apply(k);
-        let out = attend(q, k, v, cache, mode)?; // [b, hq, n, d]
+        (q, k, v)
+    }
+
+    /// Attention of `x` `[b, n, hidden]`: sequence `i` holds its tokens at `spans[i]` (the rest
+    /// is padding, whose output is zero), at the positions of `ropes[i]`, through `caches[i]`
+    /// when there are caches. `choice` says which attention each sequence runs.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ropes: &[RopeTables<B>],
+        spans: &[Range<usize>],
+        caches: Option<&mut [LayerKvCache<B>]>,
+        choice: LayerChoice<'_, B>,
+        timer: &AttentionTimer,
+    ) -> Result<(Tensor<B, 3>, LayerDecision<B>)> {
+        let [b, n, _] = x.dims();
+        let (q, k, v) = self.project(x);
+        let router_error = |e: flux_router::RouterError| ModelError::InvalidArgument {
+            argument: "routers".into(),
+            message: e.to_string(),
+        };
+        let (out, decision) = match choice {
+            LayerChoice::Modes(modes) => (
+                self.attend_each(&q, &k, &v, ropes, spans, caches, &modes, timer)?,
+                LayerDecision::Given,
+            ),
+            LayerChoice::Route {
+                router,
+                sparse_mode,
+            } => {
+                let logits = router
+                    .forward(q.clone(), Some(spans))
+                    .map_err(router_error)?;
+                let full = argmax_decisions(logits);
+                let modes = modes_of(&full, sparse_mode);
+                let out = self.attend_each(&q, &k, &v, ropes, spans, caches, &modes, timer)?;
+                (out, LayerDecision::Hard(full))
+            }
+            LayerChoice::Mix {
+                router,
+                sparse_mode,
+                gumbel,
+                rng,
+            } => {
+                let logits = router
+                    .forward(q.clone(), Some(spans))
+                    .map_err(router_error)?;
+                let decision = gumbel.sample(logits, rng);
+                let fa = self.attend_each(
+                    &q,
+                    &k,
+                    &v,
+                    ropes,
+                    spans,
+                    None,
+                    &vec![AttentionMode::Full; b],
+                    timer,
+                )?;
+                let sa =
+                    self.attend_each(&q, &k, &v, ropes, spans, None, &vec![sparse_mode; b], timer)?;
+                let z = decision.z_full.clone().reshape([b, 1, 1, 1]);
+                let out = fa * z.clone() + sa * z.neg().add_scalar(1.0);
+                (out, LayerDecision::Soft(decision.z_full, decision.full))
+            }
+        };
         let out = out
             .swap_dims(1, 2)
             .reshape([b, n, self.num_heads * self.head_dim]);
-        Ok(self.o_proj.forward(out))
+        Ok((self.o_proj.forward(out), decision))
     }
+
+    /// Attention per sequence (each with its span, RoPE positions, cache and mode), back in
+    /// the padded layout `[b, hq, n, d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_each(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        ropes: &[RopeTables<B>],
+        spans: &[Range<usize>],
+        mut caches: Option<&mut [LayerKvCache<B>]>,
+        modes: &[AttentionMode],
+        timer: &AttentionTimer,
+    ) -> Result<Tensor<B, 4>> {
+        let [b, hq, n, d] = q.dims();
+        let mut outputs = Vec::with_capacity(b);
+        for i in 0..b {
+            let span = spans[i].clone();
+            let take =
+                |t: &Tensor<B, 4>| t.clone().narrow(0, i, 1).narrow(2, span.start, span.len());
+            let qi = ropes[i].apply(take(q));
+            let ki = ropes[i].apply(take(k));
+            let vi = take(v);
+            let out = timer.time::<B, _>(&q.device(), || match caches.as_deref_mut() {
+                Some(caches) => attend(qi, ki, vi, &mut caches[i], &modes[i]),
+                None => attention(qi, ki, vi, &modes[i]),
+            })?;
+            let mut parts = Vec::with_capacity(3);
+            if span.start > 0 {
+                parts.push(Tensor::zeros([1, hq, span.start, d], &q.device()));
+            }
+            parts.push(out);
+            if span.end < n {
+                parts.push(Tensor::zeros([1, hq, n - span.end, d], &q.device()));
+            }
+            outputs.push(if parts.len() == 1 {
+                parts.pop().expect("one part")
+            } else {
+                Tensor::cat(parts, 2)
+            });
+        }
+        Ok(if b == 1 {
+            outputs.pop().expect("one sequence")
+        } else {
+            Tensor::cat(outputs, 0)
+        })
+    }
+}
+
+/// Modes from hard decisions (`true`: full attention).
+pub(crate) fn modes_of(full: &[bool], sparse_mode: AttentionMode) -> Vec<AttentionMode> {
+    full.iter()
+        .map(|&f| if f { AttentionMode::Full } else { sparse_mode })
+        .collect()
 }
 
 impl<B: Backend> Mlp<B> {
@@ -89,21 +204,28 @@ impl<B: Backend> Mlp<B> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    /// `h = x + attn(norm(x)); h + mlp(norm(h))`.
-    pub fn forward(
+    /// `h = x + attn(norm(x)); h + mlp(norm(h))`; see [`SelfAttention::forward`].
+    pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
-        cache: &mut LayerKvCache<B>,
-        mode: &AttentionMode,
-    ) -> Result<Tensor<B, 3>> {
-        let attn =
-            self.self_attn
-                .forward(self.input_layernorm.forward(x.clone()), rope, cache, mode)?;
+        ropes: &[RopeTables<B>],
+        spans: &[Range<usize>],
+        caches: Option<&mut [LayerKvCache<B>]>,
+        choice: LayerChoice<'_, B>,
+        timer: &AttentionTimer,
+    ) -> Result<(Tensor<B, 3>, LayerDecision<B>)> {
+        let (attn, decision) = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            ropes,
+            spans,
+            caches,
+            choice,
+            timer,
+        )?;
         let h = x + attn;
         let mlp = self
             .mlp
             .forward(self.post_attention_layernorm.forward(h.clone()));
-        Ok(h + mlp)
+        Ok((h + mlp, decision))
     }
 }

@@ -1,25 +1,55 @@
-//! The KV cache of a whole model: one [`LayerKvCache`] per layer, and the position reached.
+//! The KV cache of a whole model: one [`LayerKvCache`] per layer and per sequence, and the
+//! routing plan chosen at prefill.
 
 use burn::tensor::backend::Backend;
 use flux_attention::LayerKvCache;
+use flux_router::RoutingPlan;
 
 /// Keys and values of every layer for the sequences being generated.
+///
+/// Each sequence has its own cache per layer, so sequences of one batch may have different
+/// lengths, different plans and (with eviction) different stored sizes.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    pub(crate) layers: Vec<LayerKvCache<B>>,
+    /// `layers[layer][sequence]`; the inner vectors are filled at the first forward pass.
+    pub(crate) layers: Vec<Vec<LayerKvCache<B>>>,
+    pub(crate) evict: bool,
+    /// The plan of the prefill, reused by every decode step.
+    pub(crate) plan: Option<RoutingPlan>,
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache for `num_layers` layers.
+    /// An empty cache for `num_layers` layers that keeps every position.
     pub fn new(num_layers: usize) -> Self {
+        Self::with_eviction(num_layers, false)
+    }
+
+    /// An empty cache; with `evict`, layers routed to a sink + window mode keep only the sink and
+    /// the window (their memory stays bounded whatever the length).
+    pub fn with_eviction(num_layers: usize, evict: bool) -> Self {
         Self {
-            layers: (0..num_layers).map(|_| LayerKvCache::new()).collect(),
+            layers: vec![Vec::new(); num_layers],
+            evict,
+            plan: None,
         }
     }
 
-    /// Positions already processed (the position of the next token).
+    /// Sequences held (0 before the first forward pass).
+    pub fn batch_size(&self) -> usize {
+        self.layers.first().map_or(0, Vec::len)
+    }
+
+    /// Positions processed for `sequence` (the position of its next token).
+    pub fn sequence_len(&self, sequence: usize) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.get(sequence))
+            .map_or(0, LayerKvCache::len)
+    }
+
+    /// Positions processed for the first sequence (the position of its next token).
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, LayerKvCache::len)
+        self.sequence_len(0)
     }
 
     /// Whether nothing was processed yet.
@@ -27,13 +57,38 @@ impl<B: Backend> KvCache<B> {
         self.len() == 0
     }
 
-    /// Bytes allocated by every layer's keys and values.
-    pub fn allocated_bytes(&self) -> usize {
-        self.layers.iter().map(LayerKvCache::allocated_bytes).sum()
+    /// The plan chosen at prefill, if the prefill was routed or given a plan.
+    pub fn plan(&self) -> Option<&RoutingPlan> {
+        self.plan.as_ref()
     }
 
-    /// Forgets everything.
+    /// Bytes allocated by every layer's keys and values.
+    pub fn allocated_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(LayerKvCache::allocated_bytes)
+            .sum()
+    }
+
+    /// Forgets everything (positions and plan); eviction stays as it was.
     pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(LayerKvCache::clear);
+        *self = Self::with_eviction(self.layers.len(), self.evict);
+    }
+
+    /// Makes room for `batch` sequences on first use; checks the batch size afterwards.
+    pub(crate) fn ensure_batch(&mut self, batch: usize) -> Result<(), String> {
+        let evict = self.evict;
+        for layer in &mut self.layers {
+            if layer.is_empty() {
+                layer.extend((0..batch).map(|_| LayerKvCache::with_eviction(evict)));
+            } else if layer.len() != batch {
+                return Err(format!(
+                    "holds {} sequences, the tokens have {batch}",
+                    layer.len()
+                ));
+            }
+        }
+        Ok(())
     }
 }

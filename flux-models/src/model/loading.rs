@@ -17,7 +17,7 @@ impl<B: Backend> Reader<'_, B> {
     fn tensor<const D: usize>(&self, name: &str, expected: [usize; D]) -> Result<Tensor<B, D>> {
         let t = self.host(name, &expected)?;
         Ok(Tensor::from_data(
-            TensorData::new(t.data, expected),
+            TensorData::new(t.data, expected).convert::<B::FloatElem>(),
             self.device,
         ))
     }
@@ -50,7 +50,10 @@ impl<B: Backend> Reader<'_, B> {
         // Transposed once here: a strided (lazily transposed) weight would be copied by ndarray's
         // matmul on every call.
         let weight_t = weight.transposed().expect("checked 2-D above");
-        let weight_t = Tensor::from_data(TensorData::new(weight_t.data, [inp, out]), self.device);
+        let weight_t = Tensor::from_data(
+            TensorData::new(weight_t.data, [inp, out]).convert::<B::FloatElem>(),
+            self.device,
+        );
         let bias = if bias {
             Some(self.tensor(&format!("{prefix}.bias"), [out])?)
         } else {
@@ -167,6 +170,7 @@ impl<B: Backend> Model<B> {
             lm_head,
             rope,
             device: device.clone(),
+            timer: Default::default(),
         })
     }
 }

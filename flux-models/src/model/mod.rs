@@ -9,15 +9,26 @@ mod linear;
 mod loading;
 mod rms_norm;
 mod rope;
+mod routing;
+mod timer;
 
 pub use decoder_layer::{DecoderLayer, Mlp, SelfAttention};
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub use rms_norm::RmsNorm;
 pub use rope::{Rope, RopeTables};
+pub use routing::Routing;
+pub use timer::AttentionTimer;
+
+use std::ops::Range;
+use std::sync::Arc;
 
 use burn::tensor::{backend::Backend, module::embedding, Int, Tensor};
 use flux_attention::AttentionMode;
+use flux_router::{GumbelSoftmax, LayerRoute, RouterMeta, RouterSet, RoutingPlan};
+use rand::rngs::StdRng;
+
+use routing::{LayerChoice, LayerDecision};
 
 use crate::config::TransformerConfig;
 use crate::error::{ModelError, Result};
@@ -33,6 +44,45 @@ pub struct Model<B: Backend> {
     lm_head: Option<Linear<B>>,
     rope: Rope,
     device: B::Device,
+    /// Shared by clones, so a caller can read the time of the model it handed out.
+    timer: Arc<AttentionTimer>,
+}
+
+/// The result of a training forward pass ([`Model::forward_train`]).
+#[derive(Debug, Clone)]
+pub struct TrainForward<B: Backend> {
+    /// Final hidden states `[b, n, hidden]` (padding positions included).
+    pub hidden: Tensor<B, 3>,
+    /// Per layer, the straight-through weight of full attention of each sequence, `[b]`.
+    pub z_full: Vec<Tensor<B, 1>>,
+    /// The hard choices of this pass, as a plan.
+    pub plan: RoutingPlan,
+}
+
+/// A plan from per-layer hard decisions (`decisions[layer][sequence]`, `true`: full).
+fn plan_from_decisions(
+    decisions: &[Vec<bool>],
+    b: usize,
+    sparse_mode: AttentionMode,
+) -> Result<RoutingPlan> {
+    let routes = (0..b)
+        .map(|i| {
+            decisions
+                .iter()
+                .map(|d| {
+                    if d[i] {
+                        LayerRoute::Full
+                    } else {
+                        LayerRoute::Sparse
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    RoutingPlan::new(sparse_mode, routes).map_err(|e| ModelError::InvalidArgument {
+        argument: "sparse_mode".into(),
+        message: e.to_string(),
+    })
 }
 
 impl<B: Backend> Model<B> {
@@ -51,36 +101,262 @@ impl<B: Backend> Model<B> {
         KvCache::new(self.layers.len())
     }
 
+    /// An empty KV cache; with `evict`, layers that run a sink + window mode keep only the sink
+    /// and the window.
+    pub fn new_cache_with_eviction(&self, evict: bool) -> KvCache<B> {
+        KvCache::with_eviction(self.layers.len(), evict)
+    }
+
+    /// The timer of the attention calls (off until enabled).
+    pub fn attention_timer(&self) -> &AttentionTimer {
+        &self.timer
+    }
+
+    /// What a router set for this model must have been trained for (sparse mode and pool size
+    /// as given).
+    pub fn router_meta(&self, sparse_mode: AttentionMode, pool_tokens: usize) -> RouterMeta {
+        RouterMeta {
+            architecture: self.config.architecture.hf_class().to_string(),
+            num_layers: self.layers.len(),
+            num_heads: self.config.num_heads,
+            head_dim: self.config.head_dim,
+            pool_tokens,
+            sparse_mode,
+        }
+    }
+
     /// Runs `tokens` (`[b, n]`, positions following what `cache` holds) through every layer and
-    /// the final norm. Returns the hidden states `[b, n, hidden]`; see [`Model::logits`].
+    /// the final norm, with full attention (or the plan the cache's prefill chose). Returns the
+    /// hidden states `[b, n, hidden]`; see [`Model::logits`].
     pub fn forward(
         &self,
         tokens: Tensor<B, 2, Int>,
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 3>> {
-        let [_, n] = tokens.dims();
+        self.forward_routed(tokens, None, cache, Routing::Full)
+    }
+
+    /// Inference forward pass with a routing choice.
+    ///
+    /// `tokens` is `[b, n]`; sequence `i` holds its tokens at `spans[i]` (left or right padding
+    /// around it is ignored, its output is zero); `None` means no padding. Each sequence
+    /// continues at the position its cache reached. At prefill (empty cache), `routing` fixes
+    /// the plan, which the cache keeps; decode steps reuse it whatever `routing` says.
+    pub fn forward_routed(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        spans: Option<&[Range<usize>]>,
+        cache: &mut KvCache<B>,
+        routing: Routing<'_, B>,
+    ) -> Result<Tensor<B, 3>> {
+        let [b, n] = tokens.dims();
+        let spans = self.check_input(b, n, spans)?;
+        let invalid = |argument: &str, message: String| ModelError::InvalidArgument {
+            argument: argument.into(),
+            message,
+        };
         if cache.layers.len() != self.layers.len() {
-            return Err(ModelError::InvalidArgument {
-                argument: "cache".into(),
-                message: format!(
+            return Err(invalid(
+                "cache",
+                format!(
                     "has {} layers, the model {}",
                     cache.layers.len(),
                     self.layers.len()
                 ),
-            });
+            ));
         }
-        if n == 0 {
-            return Err(ModelError::InvalidArgument {
-                argument: "tokens".into(),
-                message: "no token to process".into(),
-            });
-        }
-        let rope = self.rope.tables::<B>(cache.len(), n, &self.device);
+        cache
+            .ensure_batch(b)
+            .map_err(|message| invalid("cache", message))?;
+        let prefill = (0..b).all(|i| cache.sequence_len(i) == 0);
+        // Decode steps run the plan of the prefill; owned so the cache can be borrowed below.
+        let (plan, routers) = match (prefill, routing) {
+            (false, _) => (cache.plan.clone(), None),
+            (true, Routing::Full) => (None, None),
+            (true, Routing::Plan(plan)) => {
+                self.check_plan(plan, b)?;
+                (Some(plan.clone()), None)
+            }
+            (
+                true,
+                Routing::Routers {
+                    routers,
+                    sparse_mode,
+                },
+            ) => {
+                self.check_routers(routers)?;
+                (None, Some((routers, sparse_mode)))
+            }
+        };
+        let ropes: Vec<_> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                self.rope
+                    .tables::<B>(cache.sequence_len(i), s.len(), &self.device)
+            })
+            .collect();
         let mut x = embedding(self.embed_tokens.clone(), tokens);
-        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &rope, layer_cache, &AttentionMode::Full)?;
+        let mut decisions = Vec::with_capacity(self.layers.len());
+        for (l, (layer, caches)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let choice = match (&plan, routers) {
+                (Some(plan), _) => LayerChoice::Modes((0..b).map(|i| plan.mode(i, l)).collect()),
+                (None, Some((routers, sparse_mode))) => LayerChoice::Route {
+                    router: &routers.routers[l],
+                    sparse_mode,
+                },
+                (None, None) => LayerChoice::Modes(vec![AttentionMode::Full; b]),
+            };
+            let (y, decision) = layer.forward(
+                x,
+                &ropes,
+                &spans,
+                Some(caches.as_mut_slice()),
+                choice,
+                &self.timer,
+            )?;
+            x = y;
+            if let LayerDecision::Hard(full) = decision {
+                decisions.push(full);
+            }
+        }
+        if prefill {
+            cache.plan = match (plan, routers) {
+                (Some(plan), _) => Some(plan),
+                (None, Some((_, sparse_mode))) => {
+                    Some(plan_from_decisions(&decisions, b, sparse_mode)?)
+                }
+                (None, None) => None,
+            };
         }
         Ok(self.norm.forward(x))
+    }
+
+    /// Training forward pass (no cache): each layer's router draws Gumbel-softmax weights `z`
+    /// (`gumbel`: temperature, straight-through or soft) from `rng`, both branches run and the
+    /// layer's attention is `z * full + (1 - z) * sparse`. Gradients reach the routers only: the backbone holds
+    /// plain tensors, not parameters. `spans` as in [`Model::forward_routed`].
+    pub fn forward_train(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        spans: Option<&[Range<usize>]>,
+        routers: &RouterSet<B>,
+        sparse_mode: AttentionMode,
+        gumbel: GumbelSoftmax,
+        rng: &mut StdRng,
+    ) -> Result<TrainForward<B>> {
+        let [b, n] = tokens.dims();
+        let spans = self.check_input(b, n, spans)?;
+        self.check_routers(routers)?;
+        if gumbel.tau.is_nan() || gumbel.tau <= 0.0 {
+            return Err(ModelError::InvalidArgument {
+                argument: "gumbel".into(),
+                message: format!("temperature {} must be positive", gumbel.tau),
+            });
+        }
+        let ropes: Vec<_> = spans
+            .iter()
+            .map(|s| self.rope.tables::<B>(0, s.len(), &self.device))
+            .collect();
+        let mut x = embedding(self.embed_tokens.clone(), tokens);
+        let mut z_full = Vec::with_capacity(self.layers.len());
+        let mut decisions = Vec::with_capacity(self.layers.len());
+        for (layer, router) in self.layers.iter().zip(&routers.routers) {
+            let choice = LayerChoice::Mix {
+                router,
+                sparse_mode,
+                gumbel,
+                rng: &mut *rng,
+            };
+            let (y, decision) = layer.forward(x, &ropes, &spans, None, choice, &self.timer)?;
+            x = y;
+            if let LayerDecision::Soft(z, full) = decision {
+                z_full.push(z);
+                decisions.push(full);
+            }
+        }
+        Ok(TrainForward {
+            hidden: self.norm.forward(x),
+            z_full,
+            plan: plan_from_decisions(&decisions, b, sparse_mode)?,
+        })
+    }
+
+    /// Checks a batch of `b` sequences of `n` tokens and its spans; returns the spans.
+    fn check_input(
+        &self,
+        b: usize,
+        n: usize,
+        spans: Option<&[Range<usize>]>,
+    ) -> Result<Vec<Range<usize>>> {
+        let invalid = |message: String| ModelError::InvalidArgument {
+            argument: "tokens".into(),
+            message,
+        };
+        if n == 0 || b == 0 {
+            return Err(invalid("no token to process".into()));
+        }
+        match spans {
+            None => Ok(vec![0..n; b]),
+            Some(spans) if spans.len() != b => Err(ModelError::InvalidArgument {
+                argument: "spans".into(),
+                message: format!("{} spans for {b} sequences", spans.len()),
+            }),
+            Some(spans) => {
+                if let Some((i, s)) = spans
+                    .iter()
+                    .enumerate()
+                    .find(|(_, s)| s.is_empty() || s.end > n)
+                {
+                    return Err(ModelError::InvalidArgument {
+                        argument: "spans".into(),
+                        message: format!(
+                            "span {s:?} of sequence {i} is empty or beyond {n} tokens"
+                        ),
+                    });
+                }
+                Ok(spans.to_vec())
+            }
+        }
+    }
+
+    fn check_plan(&self, plan: &RoutingPlan, b: usize) -> Result<()> {
+        if plan.sequences() != b || plan.num_layers() != self.layers.len() {
+            return Err(ModelError::InvalidArgument {
+                argument: "plan".into(),
+                message: format!(
+                    "covers {} sequences x {} layers, the input has {b} sequences and the model {} layers",
+                    plan.sequences(),
+                    plan.num_layers(),
+                    self.layers.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_routers(&self, routers: &RouterSet<B>) -> Result<()> {
+        let invalid = |message: String| ModelError::InvalidArgument {
+            argument: "routers".into(),
+            message,
+        };
+        if routers.num_layers() != self.layers.len() {
+            return Err(invalid(format!(
+                "{} routers for a model of {} layers",
+                routers.num_layers(),
+                self.layers.len()
+            )));
+        }
+        if let Some(r) = routers.routers.first() {
+            if r.head_dim() != self.config.head_dim {
+                return Err(invalid(format!(
+                    "routers take head_dim {}, the model has {}",
+                    r.head_dim(),
+                    self.config.head_dim
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Next-token logits `[b, n, vocab]` of hidden states from [`Model::forward`].

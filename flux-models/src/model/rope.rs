@@ -58,8 +58,12 @@ impl Rope {
                 sin.push(angle.sin() as f32);
             }
         }
-        let to_tensor =
-            |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, n, half]), device);
+        let to_tensor = |v: Vec<f32>| {
+            Tensor::<B, 4>::from_data(
+                TensorData::new(v, [1, 1, n, half]).convert::<B::FloatElem>(),
+                device,
+            )
+        };
         RopeTables {
             cos: to_tensor(cos),
             sin: to_tensor(sin),

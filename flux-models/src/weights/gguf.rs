@@ -95,7 +95,7 @@ impl GgufWeights {
 fn unpermute_rows(t: &mut HostTensor, heads: usize) {
     let rows = t.shape[0];
     let cols: usize = t.shape[1..].iter().product();
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return; // shape is checked against the config by the model loader
     }
     let head_dim = rows / heads;

@@ -9,6 +9,8 @@ use flux_models::Model;
 
 pub type B = NdArray<f32>;
 
+pub mod routed;
+
 /// The model cache of scripts/fetch-models.sh (`FLUX_MODELS_DIR`, default ~/.cache/flux-models).
 pub fn models_dir() -> PathBuf {
     std::env::var_os("FLUX_MODELS_DIR")

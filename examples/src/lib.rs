@@ -1,0 +1,3 @@
+//! Shared command-line pieces of the flux programs.
+
+pub mod routing_args;
