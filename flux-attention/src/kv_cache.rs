@@ -9,8 +9,8 @@ const EVICTION_SLACK: usize = 64;
 
 /// Keys and values of the positions seen so far by one layer, `[b, hkv, stored, d]` each.
 ///
-/// Storage grows by doubling and new positions are written in place, so a decode step copies
-/// only its own key and value instead of the whole cache.
+/// Storage grows geometrically (by a quarter) and new positions are written in place, so a
+/// decode step copies only its own key and value instead of the whole cache.
 ///
 /// With eviction on (see [`LayerKvCache::with_eviction`]), a layer whose mode reads only a sink
 /// and a window (streaming, triangle) drops the positions in between once they can no longer be
@@ -114,7 +114,9 @@ impl<B: Backend> LayerKvCache<B> {
         let [b, h, n, d] = k.dims();
         let needed = self.stored + n;
         if needed > self.capacity() {
-            let capacity = needed.max(2 * self.capacity()).max(64);
+            // Grow by a quarter: amortised O(1) per position, without doubling the memory of a
+            // long prompt at its first decode step.
+            let capacity = needed.max(self.capacity() + self.capacity() / 4).max(64);
             let stored = self.stored;
             let grow = |old: Option<Tensor<B, 4>>| {
                 let fresh = Tensor::<B, 4>::zeros([b, h, capacity, d], &k.device());

@@ -12,6 +12,9 @@ use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorDa
 /// Upper bound on the elements of one chunk's score tensor (64 MiB of f32).
 pub(crate) const MAX_SCORE_ELEMENTS: usize = 1 << 24;
 
+/// Query rows per chunk of sink + window attention.
+const WINDOW_CHUNK_ROWS: usize = 256;
+
 /// Where stored keys sit in the sequence when a cache has evicted some: stored index `s` is
 /// position `s` for `s < kept_sink`, and position `s + dropped` after that.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,9 +149,10 @@ pub fn masked_attention<B: Backend>(
     let q = q.mul_scalar(scale).reshape([b, hkv, group, nq, d]);
     let budget = MAX_SCORE_ELEMENTS / (b * hq).max(1);
     let rows_per_chunk = match visibility {
+        // Each chunk reads sink + window + rows keys: small chunks waste little.
         Visibility::Window { sink, window, .. } => {
             let span = (sink + window).min(nk).max(1);
-            (budget / span).clamp(1, (*window).max(128))
+            (budget / span).clamp(1, WINDOW_CHUNK_ROWS)
         }
         _ => budget / nk.max(1),
     }
@@ -182,7 +186,11 @@ pub fn masked_attention<B: Backend>(
             .narrow(3, start, rows)
             .reshape([b, hkv, group * rows, d]);
         let scores = q_chunk.matmul(k_chunk.swap_dims(2, 3)); // [b, hkv, group*rows, keys]
-        let scores = match chunk_mask::<B>(visibility, &key_positions, pa, rows, b, hq, &device) {
+        let mask = match window_band_mask::<B>(visibility, layout, &ranges, pa, rows, &device) {
+            Some(mask) => Some(mask.reshape([1, 1, rows, keys]).expand([b, hq, rows, keys])),
+            None => chunk_mask::<B>(visibility, &key_positions, pa, rows, b, hq, &device),
+        };
+        let scores = match mask {
             Some(mask) => scores
                 .reshape([b, hkv, group, rows, keys])
                 .mask_fill(mask.reshape([b, hkv, group, rows, keys]), f32::NEG_INFINITY)
@@ -231,6 +239,60 @@ fn key_ranges(
         }
         _ => vec![all],
     }
+}
+
+/// The sink + window mask `[rows, keys]` (true = hidden) built on the device from triangular
+/// masks, for chunks whose keys are contiguous position ranges (no eviction) and whose queries
+/// are not dense; `None` otherwise (see [`chunk_mask`]).
+fn window_band_mask<B: Backend>(
+    visibility: &Visibility,
+    layout: KeyLayout,
+    ranges: &[Range<usize>],
+    pa: usize,
+    rows: usize,
+    device: &B::Device,
+) -> Option<Tensor<B, 2, Bool>> {
+    let Visibility::Window {
+        sink,
+        window,
+        dense,
+    } = visibility
+    else {
+        return None;
+    };
+    if layout.dropped > 0 || (dense.start < pa + rows && pa < dense.end) {
+        return None;
+    }
+    let parts: Vec<_> = ranges
+        .iter()
+        .map(|r| {
+            // Keys at positions r.start + j, queries at pa + i.
+            let (len, p0) = (r.len(), r.start as i64);
+            let future = Tensor::<B, 2, Bool>::tril_mask([rows, len], pa as i64 - p0, device);
+            let old = Tensor::<B, 2, Bool>::triu_mask(
+                [rows, len],
+                pa as i64 - p0 - *window as i64 + 1,
+                device,
+            );
+            // Keys in the sink are never too old.
+            let sink_in_range = (*sink).saturating_sub(r.start).min(len);
+            let old = if sink_in_range > 0 {
+                let past_sink = Tensor::<B, 1, burn::tensor::Int>::arange(0..len as i64, device)
+                    .greater_equal_elem(sink_in_range as i64)
+                    .reshape([1, len])
+                    .expand([rows, len]);
+                old.bool_and(past_sink)
+            } else {
+                old
+            };
+            future.bool_or(old)
+        })
+        .collect();
+    Some(if parts.len() == 1 {
+        parts.into_iter().next().expect("one range")
+    } else {
+        Tensor::cat(parts, 1)
+    })
 }
 
 /// The `[b, hq, rows, keys]` mask (true = hidden) of queries at positions `pa..pa + rows` over
