@@ -12,8 +12,8 @@ use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorDa
 /// Upper bound on the elements of one chunk's score tensor (64 MiB of f32).
 pub(crate) const MAX_SCORE_ELEMENTS: usize = 1 << 24;
 
-/// Query rows per chunk of sink + window attention.
-const WINDOW_CHUNK_ROWS: usize = 256;
+/// Most query rows per chunk.
+const CHUNK_ROWS: usize = 256;
 
 /// Where stored keys sit in the sequence when a cache has evicted some: stored index `s` is
 /// position `s` for `s < kept_sink`, and position `s + dropped` after that.
@@ -148,15 +148,13 @@ pub fn masked_attention<B: Backend>(
     // [b, hkv, group, nq, d]: a view, heads of one KV group are adjacent.
     let q = q.mul_scalar(scale).reshape([b, hkv, group, nq, d]);
     let budget = MAX_SCORE_ELEMENTS / (b * hq).max(1);
-    let rows_per_chunk = match visibility {
-        // Each chunk reads sink + window + rows keys: small chunks waste little.
-        Visibility::Window { sink, window, .. } => {
-            let span = (sink + window).min(nk).max(1);
-            (budget / span).clamp(1, WINDOW_CHUNK_ROWS)
-        }
-        _ => budget / nk.max(1),
-    }
-    .clamp(1, nq.max(1));
+    // A chunk's rows all read the keys up to its last query (and, for sink + window, from its
+    // first query's window on): chunks of at most CHUNK_ROWS rows waste little of that.
+    let span = match visibility {
+        Visibility::Window { sink, window, .. } => (sink + window).min(nk),
+        _ => nk,
+    };
+    let rows_per_chunk = (budget / span.max(1)).clamp(1, CHUNK_ROWS).min(nq.max(1));
 
     let mut outputs = Vec::with_capacity(nq.div_ceil(rows_per_chunk));
     let mut start = 0;

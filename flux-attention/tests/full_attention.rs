@@ -73,7 +73,7 @@ fn full_attention_matches_float64_reference() {
 
 #[test]
 fn chunked_long_prompt_matches_reference() {
-    // 1 * 2 * 4200 keys: rows per chunk = 2^24 / 8400 = 1997, so three chunks, the last partial.
+    // 4200 queries: chunks of 256 rows, the last partial.
     let mut rng = StdRng::seed_from_u64(11);
     let c = Case {
         b: 1,
