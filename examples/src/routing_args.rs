@@ -21,15 +21,9 @@ pub enum SparseModeChoice {
     Triangle,
 }
 
-/// How layers choose their attention.
+/// The sparse mode and its parameters.
 #[derive(Debug, Clone, Args)]
-pub struct RoutingArgs {
-    /// Trained routers (safetensors from flux) that choose per layer at prefill.
-    #[arg(long, conflicts_with = "plan")]
-    pub router: Option<PathBuf>,
-    /// A forced plan: all-full, all-sparse, first:K, last:K, fraction:F or layers:A,B,..
-    #[arg(long)]
-    pub plan: Option<String>,
+pub struct SparseModeArgs {
     /// Sparse mode of sparse layers (default: the router file's, else streaming).
     #[arg(long, value_enum)]
     pub sparse_mode: Option<SparseModeChoice>,
@@ -51,6 +45,46 @@ pub struct RoutingArgs {
     /// Attention mass threshold of xattention.
     #[arg(long, default_value_t = 0.9)]
     pub threshold: f64,
+}
+
+impl SparseModeArgs {
+    /// The mode `choice` with these parameters.
+    pub fn mode_of(&self, choice: SparseModeChoice) -> AttentionMode {
+        match choice {
+            SparseModeChoice::Streaming => AttentionMode::Streaming {
+                sink: self.sink,
+                window: self.window,
+            },
+            SparseModeChoice::Xattention => AttentionMode::XAttention {
+                block: self.block,
+                stride: self.stride,
+                threshold: self.threshold,
+            },
+            SparseModeChoice::Triangle => AttentionMode::Triangle {
+                sink: self.sink,
+                window: self.window,
+                last_queries: self.last_queries,
+            },
+        }
+    }
+
+    /// The chosen mode, streaming when none was chosen.
+    pub fn mode(&self) -> AttentionMode {
+        self.mode_of(self.sparse_mode.unwrap_or(SparseModeChoice::Streaming))
+    }
+}
+
+/// How layers choose their attention.
+#[derive(Debug, Clone, Args)]
+pub struct RoutingArgs {
+    /// Trained routers (safetensors from flux) that choose per layer at prefill.
+    #[arg(long, conflicts_with = "plan")]
+    pub router: Option<PathBuf>,
+    /// A forced plan: all-full, all-sparse, first:K, last:K, fraction:F or layers:A,B,..
+    #[arg(long)]
+    pub plan: Option<String>,
+    #[command(flatten)]
+    pub sparse: SparseModeArgs,
     /// Sink + window layers keep only the sink and the window in the KV cache.
     #[arg(long)]
     pub evict_kv: bool,
@@ -81,32 +115,13 @@ impl<B: Backend> RoutingSetup<B> {
 }
 
 impl RoutingArgs {
-    fn mode(&self, choice: SparseModeChoice) -> AttentionMode {
-        match choice {
-            SparseModeChoice::Streaming => AttentionMode::Streaming {
-                sink: self.sink,
-                window: self.window,
-            },
-            SparseModeChoice::Xattention => AttentionMode::XAttention {
-                block: self.block,
-                stride: self.stride,
-                threshold: self.threshold,
-            },
-            SparseModeChoice::Triangle => AttentionMode::Triangle {
-                sink: self.sink,
-                window: self.window,
-                last_queries: self.last_queries,
-            },
-        }
-    }
-
     /// Loads the routers or builds the plan for `model`.
     pub fn setup<B: Backend>(&self, model: &Model<B>) -> Result<RoutingSetup<B>> {
         let layers = model.config().num_layers;
         if let Some(path) = &self.router {
             let file_meta = RouterSet::<B>::read_meta(path)?;
-            let sparse_mode = match self.sparse_mode {
-                Some(choice) => self.mode(choice),
+            let sparse_mode = match self.sparse.sparse_mode {
+                Some(choice) => self.sparse.mode_of(choice),
                 None => file_meta.sparse_mode,
             };
             sparse_mode.validate()?;
@@ -118,7 +133,7 @@ impl RoutingArgs {
                 sparse_mode,
             });
         }
-        let sparse_mode = self.mode(self.sparse_mode.unwrap_or(SparseModeChoice::Streaming));
+        let sparse_mode = self.sparse.mode();
         sparse_mode.validate()?;
         let plan = match &self.plan {
             Some(text) => {
@@ -127,7 +142,7 @@ impl RoutingArgs {
             }
             None => None,
         };
-        if self.sparse_mode.is_some() && plan.is_none() {
+        if self.sparse.sparse_mode.is_some() && plan.is_none() {
             bail!("--sparse-mode needs --plan or --router to say which layers are sparse");
         }
         Ok(RoutingSetup {

@@ -12,8 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use clap::Parser;
-use flux_attention::AttentionMode;
-use flux_examples::routing_args::SparseModeChoice;
+use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::generation::argmax;
 use flux_models::{load, Model, Routing};
@@ -42,15 +41,8 @@ struct Args {
     /// (`layers:` lists need `;` instead of `,` between layers here).
     #[arg(long, value_delimiter = ',', default_value = "all-full")]
     plans: Vec<String>,
-    /// Sparse mode of the sparse layers.
-    #[arg(long, value_enum, default_value = "streaming")]
-    sparse_mode: SparseModeChoice,
-    /// Sink tokens of streaming / triangle.
-    #[arg(long, default_value_t = 128)]
-    sink: usize,
-    /// Window tokens of streaming / triangle.
-    #[arg(long, default_value_t = 2048)]
-    window: usize,
+    #[command(flatten)]
+    sparse: SparseModeArgs,
     /// Prompt length of the warm-up run.
     #[arg(long, default_value_t = 256)]
     warmup_tokens: usize,
@@ -58,23 +50,6 @@ struct Args {
     /// layers keep everything, so an all-full row gives the size without eviction).
     #[arg(long)]
     evict_kv: bool,
-}
-
-impl Args {
-    fn sparse_mode(&self) -> AttentionMode {
-        match self.sparse_mode {
-            SparseModeChoice::Streaming => AttentionMode::Streaming {
-                sink: self.sink,
-                window: self.window,
-            },
-            SparseModeChoice::Triangle => AttentionMode::Triangle {
-                sink: self.sink,
-                window: self.window,
-                last_queries: 128,
-            },
-            SparseModeChoice::Xattention => AttentionMode::xattention(),
-        }
-    }
 }
 
 /// What one run measured.
@@ -182,7 +157,7 @@ impl BackendTask for Args {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let sparse_mode = self.sparse_mode();
+        let sparse_mode = self.sparse.mode();
         let layers = model.config().num_layers;
         let plans = self
             .plans

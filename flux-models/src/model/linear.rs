@@ -21,6 +21,11 @@ impl<B: Backend> Linear<B> {
         self.weight_t.dims()[1]
     }
 
+    /// Whether the weight or bias is tracked by an autodiff backend (never, when loaded).
+    pub fn is_require_grad(&self) -> bool {
+        self.weight_t.is_require_grad() || self.bias.as_ref().is_some_and(Tensor::is_require_grad)
+    }
+
     /// Applies the projection to `[b, n, in]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();

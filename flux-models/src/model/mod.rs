@@ -101,6 +101,26 @@ impl<B: Backend> Model<B> {
         KvCache::new(self.layers.len())
     }
 
+    /// Whether any backbone tensor is tracked by an autodiff backend. Loaded models hold plain
+    /// tensors, so this is `false` and router training cannot reach the backbone.
+    pub fn backbone_requires_grad(&self) -> bool {
+        let layer_tracked = |l: &DecoderLayer<B>| {
+            let a = &l.self_attn;
+            [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj]
+                .iter()
+                .any(|p| p.is_require_grad())
+                || a.qk_norm
+                    .as_ref()
+                    .is_some_and(|(q, k)| q.is_require_grad() || k.is_require_grad())
+                || l.input_layernorm.is_require_grad()
+                || l.post_attention_layernorm.is_require_grad()
+        };
+        self.embed_tokens.is_require_grad()
+            || self.norm.is_require_grad()
+            || self.lm_head.as_ref().is_some_and(Linear::is_require_grad)
+            || self.layers.iter().any(layer_tracked)
+    }
+
     /// An empty KV cache; with `evict`, layers that run a sink + window mode keep only the sink
     /// and the window.
     pub fn new_cache_with_eviction(&self, evict: bool) -> KvCache<B> {

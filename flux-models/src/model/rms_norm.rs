@@ -15,6 +15,11 @@ impl<B: Backend> RmsNorm<B> {
         Self { weight, eps }
     }
 
+    /// Whether the scale is tracked by an autodiff backend (never, when loaded).
+    pub fn is_require_grad(&self) -> bool {
+        self.weight.is_require_grad()
+    }
+
     /// Normalises the last axis of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let mean_square = x.clone().powi_scalar(2).mean_dim(D - 1);
