@@ -89,32 +89,36 @@ fn modes_at_their_limits_equal_full_attention() {
     }
 }
 
+/// Streaming and triangle against their naive f64 masks; returns the streaming output.
+fn check_sink_window(c: &Case, x: &Inputs, sink: usize, window: usize, last: usize) -> Vec<f32> {
+    let streaming = x.run(c, &AttentionMode::Streaming { sink, window });
+    let want = naive_masked(c, &x.q, &x.k, &x.v, |_, _, p, j| {
+        j <= p && (j < sink || p - j < window)
+    });
+    let err = max_abs_diff(&streaming, &want);
+    assert!(err < 1e-5, "{c:?} streaming: max error {err}");
+    let triangle = x.run(
+        c,
+        &AttentionMode::Triangle {
+            sink,
+            window,
+            last_queries: last,
+        },
+    );
+    let want = naive_masked(c, &x.q, &x.k, &x.v, |_, _, p, j| {
+        j <= p && (j < sink || p - j < window || p >= c.nk - last)
+    });
+    let err = max_abs_diff(&triangle, &want);
+    assert!(err < 1e-5, "{c:?} triangle: max error {err}");
+    streaming
+}
+
 #[test]
 fn sink_window_modes_match_float64_masks() {
     let mut rng = StdRng::seed_from_u64(22);
     for c in cases() {
         let x = Inputs::new(&mut rng, &c);
-        let (sink, window, last) = (3, 9, 7);
-        let streaming = x.run(&c, &AttentionMode::Streaming { sink, window });
-        let want = naive_masked(&c, &x.q, &x.k, &x.v, |_, _, p, j| {
-            j <= p && (j < sink || p - j < window)
-        });
-        let err = max_abs_diff(&streaming, &want);
-        assert!(err < 1e-5, "{c:?} streaming: max error {err}");
-
-        let triangle = x.run(
-            &c,
-            &AttentionMode::Triangle {
-                sink,
-                window,
-                last_queries: last,
-            },
-        );
-        let want = naive_masked(&c, &x.q, &x.k, &x.v, |_, _, p, j| {
-            j <= p && (j < sink || p - j < window || p >= c.nk - last)
-        });
-        let err = max_abs_diff(&triangle, &want);
-        assert!(err < 1e-5, "{c:?} triangle: max error {err}");
+        let streaming = check_sink_window(&c, &x, 3, 9, 7);
         // And it is really sparse: streaming differs from full.
         let full = x.run(&c, &AttentionMode::Full);
         assert!(max_abs_diff_f32(&streaming, &full) > 1e-3);
@@ -450,24 +454,5 @@ fn long_sink_window_prefill_over_many_chunks_matches_float64() {
         d: 64,
     };
     let x = Inputs::new(&mut rng, &c);
-    let (sink, window, last) = (5, 40, 200);
-    let got = x.run(&c, &AttentionMode::Streaming { sink, window });
-    let want = naive_masked(&c, &x.q, &x.k, &x.v, |_, _, p, j| {
-        j <= p && (j < sink || p - j < window)
-    });
-    let err = max_abs_diff(&got, &want);
-    assert!(err < 1e-5, "streaming: max error {err}");
-    let got = x.run(
-        &c,
-        &AttentionMode::Triangle {
-            sink,
-            window,
-            last_queries: last,
-        },
-    );
-    let want = naive_masked(&c, &x.q, &x.k, &x.v, |_, _, p, j| {
-        j <= p && (j < sink || p - j < window || p >= c.nk - last)
-    });
-    let err = max_abs_diff(&got, &want);
-    assert!(err < 1e-5, "triangle: max error {err}");
+    check_sink_window(&c, &x, 5, 40, 200);
 }

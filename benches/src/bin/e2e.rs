@@ -133,7 +133,10 @@ fn router_seconds<B: Backend>(model: &Model<B>, n: usize) -> Result<f64> {
         let t = Instant::now();
         for _ in 0..c.num_layers {
             let logits = router.forward(q.clone(), None)?;
-            let v = logits.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let v = logits
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             if v.iter().any(|x| !x.is_finite()) {
                 bail!("non-finite router logits");
             }
@@ -164,7 +167,10 @@ impl BackendTask for Args {
             .iter()
             .map(|p| {
                 let forced: ForcedPlan = p.replace(';', ",").parse()?;
-                Ok((p.clone(), RoutingPlan::forced(&forced, layers, sparse_mode, 1)?))
+                Ok((
+                    p.clone(),
+                    RoutingPlan::forced(&forced, layers, sparse_mode, 1)?,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         let warmup: Vec<u32> = (0..self.warmup_tokens.max(1))

@@ -106,9 +106,17 @@ impl<B: Backend> Model<B> {
     pub fn backbone_requires_grad(&self) -> bool {
         let layer_tracked = |l: &DecoderLayer<B>| {
             let a = &l.self_attn;
-            [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj]
-                .iter()
-                .any(|p| p.is_require_grad())
+            [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &l.mlp.gate_proj,
+                &l.mlp.up_proj,
+                &l.mlp.down_proj,
+            ]
+            .iter()
+            .any(|p| p.is_require_grad())
                 || a.qk_norm
                     .as_ref()
                     .is_some_and(|(q, k)| q.is_require_grad() || k.is_require_grad())
