@@ -159,10 +159,7 @@ pub fn describe_plan(plan: Option<&RoutingPlan>, num_layers: usize) -> String {
         Some(plan) => format!(
             "plan: {} ({} of {} layers sparse: {})",
             plan.layer_string(0),
-            plan.routes(0)
-                .iter()
-                .filter(|r| **r == flux_router::LayerRoute::Sparse)
-                .count(),
+            plan.sparse_layers(0),
             plan.num_layers(),
             plan.sparse_mode()
         ),

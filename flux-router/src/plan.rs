@@ -115,10 +115,17 @@ impl RoutingPlan {
         &self.routes[sequence]
     }
 
+    /// Number of `sequence`'s layers that run sparse attention.
+    pub fn sparse_layers(&self, sequence: usize) -> usize {
+        self.routes[sequence]
+            .iter()
+            .filter(|&&x| x == LayerRoute::Sparse)
+            .count()
+    }
+
     /// Share of `sequence`'s layers that run sparse attention.
     pub fn sparsity(&self, sequence: usize) -> f64 {
-        let r = &self.routes[sequence];
-        r.iter().filter(|&&x| x == LayerRoute::Sparse).count() as f64 / r.len().max(1) as f64
+        self.sparse_layers(sequence) as f64 / self.num_layers().max(1) as f64
     }
 
     /// One character per layer, `F` (full) or `S` (sparse), for `sequence`.

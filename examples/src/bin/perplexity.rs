@@ -97,7 +97,7 @@ impl BackendTask for Args {
             )?;
             windows += 1;
             if let Some(plan) = cache.plan() {
-                sparse_layers += plan.layer_string(0).matches('S').count();
+                sparse_layers += plan.sparse_layers(0);
                 first_plan.get_or_insert_with(|| plan.clone());
             }
             let n = window.len();
