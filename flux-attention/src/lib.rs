@@ -20,18 +20,21 @@
 //! assert_eq!(cache.len(), 10);
 //! ```
 
+mod backend;
 mod error;
 mod kv_cache;
 mod mode;
 pub mod reference;
 pub mod xattention;
 
+pub use backend::AttentionBackend;
 pub use error::AttentionError;
+pub use kernels_cubecl::AttentionSpec;
 pub use kv_cache::LayerKvCache;
 pub use mode::AttentionMode;
 pub use reference::{BlockSelection, KeyLayout, Visibility};
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 
 /// The single attention entry point of flux.
 ///
@@ -44,7 +47,7 @@ use burn::tensor::{backend::Backend, Tensor};
 /// XAttention's block selection apply to it. Later calls are decode steps: streaming and triangle
 /// read only the sink and the window, XAttention reads every key. With eviction on, sink + window
 /// modes then drop from `cache` what they will never read again.
-pub fn attend<B: Backend>(
+pub fn attend<B: AttentionBackend>(
     q: Tensor<B, 4>,
     k_new: Tensor<B, 4>,
     v_new: Tensor<B, 4>,
@@ -73,7 +76,7 @@ pub fn attend<B: Backend>(
     let (k, v) = cache.append(k_new, v_new);
     let prompt_len = cache.prompt_len().unwrap_or(cache.len());
     let visibility = visibility(&q, &k, mode, prefill, prompt_len);
-    let out = reference::masked_attention(q, k, v, cache.layout(), &visibility);
+    let out = run(q, k, v, cache.layout(), visibility);
     if let Some((sink, window)) = mode.decode_window() {
         cache.evict_outside(sink, window);
     }
@@ -82,7 +85,7 @@ pub fn attend<B: Backend>(
 
 /// Causal attention without a cache: the `nq` queries are the last `nq` positions of the `nk`
 /// keys (`nq <= nk`). Shapes as in [`attend`], with `k`, `v` `[b, hkv, nk, d]`.
-pub fn attention<B: Backend>(
+pub fn attention<B: AttentionBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -102,13 +105,25 @@ pub fn attention<B: Backend>(
     mode.validate()?;
     let prompt_len = k.dims()[2];
     let visibility = visibility(&q, &k, mode, true, prompt_len);
-    Ok(reference::masked_attention(
-        q,
-        k,
-        v,
-        KeyLayout::default(),
-        &visibility,
-    ))
+    Ok(run(q, k, v, KeyLayout::default(), visibility))
+}
+
+/// The backend's fused kernel where it has one for this call, the reference otherwise.
+fn run<B: AttentionBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    layout: KeyLayout,
+    visibility: Visibility,
+) -> Tensor<B, 4> {
+    let mut spec = AttentionSpec::new(visibility, q.dims()[3]);
+    spec.layout = layout;
+    if B::has_fused_attention(&q.dims(), &k.dims(), q.dtype(), &spec, &q.device()) {
+        let [q, k, v] = [q, k, v].map(|t| t.into_primitive().tensor());
+        Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(q, k, v, &spec)))
+    } else {
+        reference::masked_attention(q, k, v, layout, &spec.visibility)
+    }
 }
 
 /// Which keys the queries of one call see under `mode`; `prefill` when the call holds the prompt

@@ -7,6 +7,8 @@
 
 use std::ops::Range;
 
+pub use kernels_cubecl::{BlockSelection, KeyLayout, Visibility};
+
 use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorData};
 
 /// Upper bound on the elements of one chunk's score tensor (64 MiB of f32).
@@ -14,105 +16,6 @@ pub(crate) const MAX_SCORE_ELEMENTS: usize = 1 << 24;
 
 /// Most query rows per chunk.
 const CHUNK_ROWS: usize = 256;
-
-/// Where stored keys sit in the sequence when a cache has evicted some: stored index `s` is
-/// position `s` for `s < kept_sink`, and position `s + dropped` after that.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KeyLayout {
-    /// Leading positions kept in front of the gap.
-    pub kept_sink: usize,
-    /// Positions evicted between the sink and the rest.
-    pub dropped: usize,
-}
-
-impl KeyLayout {
-    /// Sequence position of stored index `s`.
-    pub fn position(&self, s: usize) -> usize {
-        if s < self.kept_sink {
-            s
-        } else {
-            s + self.dropped
-        }
-    }
-
-    /// Stored indices of the sequence positions `[from, to)`, without the evicted ones.
-    fn stored_range(&self, from: usize, to: usize) -> Range<usize> {
-        let index = |p: usize| {
-            if p <= self.kept_sink {
-                p
-            } else if p <= self.kept_sink + self.dropped {
-                self.kept_sink
-            } else {
-                p - self.dropped
-            }
-        };
-        index(from)..index(to)
-    }
-}
-
-/// Which earlier keys a query sees, resolved for one attention call. Every rule is also causal.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Visibility {
-    /// Every earlier key.
-    Causal,
-    /// Keys before `sink` and the last `window` positions up to the query; queries whose
-    /// position lies in `dense` see every earlier key.
-    Window {
-        /// Leading positions every query sees.
-        sink: usize,
-        /// Recent positions (the query's own included) every query sees.
-        window: usize,
-        /// Query positions that attend densely.
-        dense: Range<usize>,
-    },
-    /// Key blocks chosen per sequence, query head and query block (XAttention).
-    Blocks(BlockSelection),
-}
-
-/// Key blocks kept per `(sequence, query head, query block)`: the block of position `p` is
-/// `p / block`; query blocks are counted from `first_q_block`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BlockSelection {
-    /// Block size in tokens.
-    pub block: usize,
-    /// Sequence block index of the first query block described.
-    pub first_q_block: usize,
-    /// Query blocks described.
-    pub q_blocks: usize,
-    /// Key blocks per query block (all key blocks of the sequence).
-    pub k_blocks: usize,
-    /// Query heads.
-    pub heads: usize,
-    /// `keep[((b * heads + h) * q_blocks + qb) * k_blocks + kb]`.
-    pub keep: Vec<bool>,
-}
-
-impl BlockSelection {
-    /// Whether key block `kb` is kept for query block `qb` (sequence block indices).
-    pub fn keeps(&self, b: usize, h: usize, qb: usize, kb: usize) -> bool {
-        let row = (b * self.heads + h) * self.q_blocks + (qb - self.first_q_block);
-        self.keep[row * self.k_blocks + kb]
-    }
-
-    /// Share of the causal (query block, key block) pairs kept, over every sequence and head.
-    pub fn density(&self) -> f64 {
-        let (mut kept, mut causal) = (0usize, 0usize);
-        for row in 0..self.keep.len() / self.k_blocks.max(1) {
-            let qb = self.first_q_block + row % self.q_blocks;
-            for kb in 0..=qb.min(self.k_blocks - 1) {
-                causal += 1;
-                kept += self.keep[row * self.k_blocks + kb] as usize;
-            }
-        }
-        kept as f64 / causal.max(1) as f64
-    }
-}
-
-impl Visibility {
-    fn window_sees(sink: usize, window: usize, dense: &Range<usize>, q: usize, k: usize) -> bool {
-        k <= q && (k < sink || q - k < window || dense.contains(&q))
-    }
-}
 
 /// Causal GQA attention where the `nq` queries are the last `nq` positions of the `nk` keys.
 ///

@@ -1,10 +1,10 @@
 //! Choosing a burn backend at run time (`--backend ndarray|wgpu|cuda` in the programs).
 //! Only this file names concrete backends; the model code is generic.
 
+use flux_attention::AttentionBackend;
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::backend::Backend;
 
 use crate::error::ModelError;
 
@@ -50,7 +50,7 @@ pub trait BackendTask {
     /// The work's error type (must accept a missing-backend error).
     type Error: From<ModelError>;
     /// Runs on backend `B` with its default device.
-    fn run<B: Backend>(self, device: B::Device) -> std::result::Result<Self::Output, Self::Error>;
+    fn run<B: AttentionBackend>(self, device: B::Device) -> std::result::Result<Self::Output, Self::Error>;
 }
 
 fn not_built(choice: BackendChoice) -> ModelError {

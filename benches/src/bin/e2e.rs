@@ -6,11 +6,12 @@
 //! Outputs are read back and checked to be finite, so a failed backend op cannot produce a
 //! timing (platform.md: burn prints a device-thread panic and carries on).
 
+use flux_attention::AttentionBackend;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
@@ -66,7 +67,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Logits of the last position, read back and checked.
-fn last_logits<B: Backend>(
+fn last_logits<B: AttentionBackend>(
     model: &Model<B>,
     hidden: burn::tensor::Tensor<B, 3>,
 ) -> Result<Vec<f32>> {
@@ -83,7 +84,7 @@ fn last_logits<B: Backend>(
 }
 
 /// One prefill of `prompt` then `steps` greedy decode steps under `plan`.
-fn run_once<B: Backend>(
+fn run_once<B: AttentionBackend>(
     model: &Model<B>,
     prompt: &[u32],
     steps: usize,
@@ -120,7 +121,7 @@ fn run_once<B: Backend>(
 
 /// Seconds the routers of every layer take at prefill: pooling and MLP on query states of
 /// `n` tokens (median of 3).
-fn router_seconds<B: Backend>(model: &Model<B>, n: usize) -> Result<f64> {
+fn router_seconds<B: AttentionBackend>(model: &Model<B>, n: usize) -> Result<f64> {
     let c = model.config();
     let router = LayerRouterConfig::new(c.head_dim).init::<B>(model.device());
     let q = Tensor::<B, 4>::random(
@@ -150,7 +151,7 @@ impl BackendTask for Args {
     type Output = ();
     type Error = anyhow::Error;
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+    fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
         let loaded = load::<B>(&self.model, &device)?;
         let model = &loaded.model;
         let vocab = model.config().vocab_size as u32;

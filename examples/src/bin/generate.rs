@@ -1,10 +1,10 @@
 //! Generates a continuation of a prompt, streaming it to stdout, then prints speed on stderr.
 
+use flux_attention::AttentionBackend;
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burn::tensor::backend::Backend;
 use clap::Parser;
 use flux_examples::routing_args::{describe_plan, RoutingArgs};
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
@@ -59,7 +59,7 @@ impl BackendTask for Args {
     type Output = ();
     type Error = anyhow::Error;
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+    fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
         let loaded = load::<B>(&self.model, &device)?;
         let tokenizer = &loaded.tokenizer;
         let routing = self.routing.setup(&loaded.model)?;

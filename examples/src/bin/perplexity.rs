@@ -1,11 +1,12 @@
 //! Scores a text file with a model: a log-prob for every token after the first, and the
 //! perplexity. Windows of `--context` tokens overlap by one token so each token is scored once.
 
+use flux_attention::AttentionBackend;
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{activation::log_softmax, Int, Tensor, TensorData};
 use clap::Parser;
 use flux_examples::routing_args::{describe_plan, RoutingArgs};
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
@@ -44,7 +45,7 @@ impl BackendTask for Args {
     type Output = ();
     type Error = anyhow::Error;
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+    fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
         let text = std::fs::read_to_string(&self.file)
             .with_context(|| format!("reading {}", self.file.display()))?;
         let loaded = load::<B>(&self.model, &device)?;

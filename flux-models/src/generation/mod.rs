@@ -7,9 +7,9 @@ mod stop;
 pub use sampling::{argmax, Sampling};
 pub use stop::StopStrings;
 
+use flux_attention::AttentionBackend;
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::error::{ModelError, Result};
@@ -99,7 +99,7 @@ impl GenerationOutput {
 
 /// Generates a continuation of `prompt` (token ids), calling `on_text` with each piece of text
 /// as soon as it is final (never half a UTF-8 character, never part of a stop string).
-pub fn generate<B: Backend>(
+pub fn generate<B: AttentionBackend>(
     model: &Model<B>,
     tokenizer: &Tokenizer,
     prompt: &[u32],
@@ -111,7 +111,7 @@ pub fn generate<B: Backend>(
 
 /// [`generate`] with a routing choice for the prefill (a plan, or the routers), kept for every
 /// decode step.
-pub fn generate_routed<B: Backend>(
+pub fn generate_routed<B: AttentionBackend>(
     model: &Model<B>,
     tokenizer: &Tokenizer,
     prompt: &[u32],

@@ -1,5 +1,6 @@
 //! One pre-norm decoder layer: self-attention then a SwiGLU MLP, each with a residual.
 
+use flux_attention::AttentionBackend;
 use std::ops::Range;
 
 use burn::tensor::{backend::Backend, Tensor};
@@ -44,7 +45,7 @@ pub struct DecoderLayer<B: Backend> {
     pub(crate) mlp: Mlp<B>,
 }
 
-impl<B: Backend> SelfAttention<B> {
+impl<B: AttentionBackend> SelfAttention<B> {
     /// Splits `[b, n, heads * d]` into `[b, heads, n, d]`.
     fn heads(x: Tensor<B, 3>, heads: usize, head_dim: usize) -> Tensor<B, 4> {
         let [b, n, _] = x.dims();
@@ -203,7 +204,7 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
-impl<B: Backend> DecoderLayer<B> {
+impl<B: AttentionBackend> DecoderLayer<B> {
     /// `h = x + attn(norm(x)); h + mlp(norm(h))`; see [`SelfAttention::forward`].
     pub(crate) fn forward(
         &self,

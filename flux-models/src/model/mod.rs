@@ -20,6 +20,7 @@ pub use rope::{Rope, RopeTables};
 pub use routing::Routing;
 pub use timer::AttentionTimer;
 
+use flux_attention::AttentionBackend;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -85,7 +86,7 @@ fn plan_from_decisions(
     })
 }
 
-impl<B: Backend> Model<B> {
+impl<B: AttentionBackend> Model<B> {
     /// The configuration the model was built from.
     pub fn config(&self) -> &TransformerConfig {
         &self.config

@@ -1,0 +1,149 @@
+//! The backend extension behind [`crate::attend`]: a backend either has a fused kernel for a call
+//! or answers `false` to [`AttentionBackend::has_fused_attention`], and the reference runs.
+//!
+//! Implemented for burn-cubecl's `CubeBackend` (CUDA and wgpu: one impl), for `Fusion` over it
+//! (a custom operation in the fusion stream), for `Autodiff` (reference until the kernels have a
+//! backward) and for ndarray (reference).
+
+use burn::tensor::{backend::Backend, ops::FloatTensor, DType};
+use kernels_cubecl::AttentionSpec;
+
+/// A burn backend that may run flux's attention calls with fused kernels.
+pub trait AttentionBackend: Backend {
+    /// Whether [`AttentionBackend::fused_attention`] serves a call of these shapes, dtype and
+    /// spec on `device`.
+    fn has_fused_attention(
+        _q: &[usize],
+        _k: &[usize],
+        _dtype: DType,
+        _spec: &AttentionSpec,
+        _device: &Self::Device,
+    ) -> bool {
+        false
+    }
+
+    /// Fused attention; called only after [`AttentionBackend::has_fused_attention`] said yes.
+    fn fused_attention(
+        _q: FloatTensor<Self>,
+        _k: FloatTensor<Self>,
+        _v: FloatTensor<Self>,
+        _spec: &AttentionSpec,
+    ) -> FloatTensor<Self> {
+        unreachable!("fused_attention is only called when has_fused_attention is true")
+    }
+}
+
+/// ndarray runs the reference (its element types, spelled out: burn's `NdArray` bounds cannot
+/// be named generically outside burn-ndarray).
+#[cfg(feature = "ndarray")]
+macro_rules! ndarray_reference {
+    ($($e:ty, $i:ty);*) => {$(
+        impl AttentionBackend for burn::backend::NdArray<$e, $i> {}
+    )*};
+}
+#[cfg(feature = "ndarray")]
+ndarray_reference!(f32, i64; f64, i64; f32, i32; f64, i32);
+
+impl<B: AttentionBackend, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy>
+    AttentionBackend for burn::backend::Autodiff<B, C>
+{
+}
+
+#[cfg(feature = "kernels")]
+mod cube {
+    use super::*;
+    use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+    use cubecl::Runtime;
+
+    impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionBackend
+        for CubeBackend<R, F, I, BT>
+    {
+        fn has_fused_attention(
+            q: &[usize],
+            k: &[usize],
+            dtype: DType,
+            spec: &AttentionSpec,
+            device: &Self::Device,
+        ) -> bool {
+            kernels_cubecl::check_call(q, k, k, dtype, spec)
+                .and_then(|dims| kernels_cubecl::choose_kernel(&R::client(device), &dims, dtype))
+                .is_ok()
+        }
+
+        fn fused_attention(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            spec: &AttentionSpec,
+        ) -> FloatTensor<Self> {
+            kernels_cubecl::fused_attention(q, k, v, spec)
+                .expect("the call was checked by has_fused_attention")
+        }
+    }
+}
+
+#[cfg(feature = "kernels")]
+mod fusion {
+    use super::*;
+    use burn::tensor::Shape;
+    use burn_fusion::{
+        stream::{Operation, OperationStreams},
+        Fusion, FusionBackend, FusionRuntime,
+    };
+    use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+
+    #[derive(Clone, Debug)]
+    struct FusedAttentionOp<B> {
+        desc: CustomOpIr,
+        spec: AttentionSpec,
+        _backend: core::marker::PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + AttentionBackend> Operation<B::FusionRuntime> for FusedAttentionOp<B> {
+        fn execute(
+            &self,
+            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+        ) {
+            let ([q, k, v], [out]) = self.desc.as_fixed();
+            let q = handles.get_float_tensor::<B>(q);
+            let k = handles.get_float_tensor::<B>(k);
+            let v = handles.get_float_tensor::<B>(v);
+            let o = B::fused_attention(q, k, v, &self.spec);
+            handles.register_float_tensor::<B>(&out.id, o);
+        }
+    }
+
+    impl<B: FusionBackend + AttentionBackend> AttentionBackend for Fusion<B> {
+        fn has_fused_attention(
+            q: &[usize],
+            k: &[usize],
+            dtype: DType,
+            spec: &AttentionSpec,
+            device: &Self::Device,
+        ) -> bool {
+            B::has_fused_attention(q, k, dtype, spec, device)
+        }
+
+        fn fused_attention(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            spec: &AttentionSpec,
+        ) -> FloatTensor<Self> {
+            let client = q.client.clone();
+            let out = TensorIr::uninit(client.create_empty_handle(), Shape::from(q.shape.clone()), q.dtype);
+            let streams = OperationStreams::with_inputs([&q, &k, &v]);
+            let desc = CustomOpIr::new(
+                "flux_fused_attention",
+                &[q.into_ir(), k.into_ir(), v.into_ir()],
+                &[out],
+            );
+            let op = FusedAttentionOp::<B> {
+                desc: desc.clone(),
+                spec: spec.clone(),
+                _backend: core::marker::PhantomData,
+            };
+            client.register(streams, OperationIr::Custom(desc), op).output()
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Every fused kernel against flux-attention's reference, on wgpu (lavapipe in CI, f32).
+//!
+//! Inputs are fresh uniform randoms (never zeros); the output buffer is filled with NaN before
+//! each launch so that an element no kernel writes fails the check. Sequences of a padded batch
+//! are compared one by one with the reference on their own lengths.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::backend::wgpu::WgpuRuntime;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_cubecl::CubeBackend;
+use common::{random, Case};
+use flux_attention::{reference, AttentionSpec, BlockSelection, KeyLayout, Visibility};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+type Gpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
+type Cpu = burn::backend::NdArray<f32>;
+
+fn gpu(data: &[f32], shape: [usize; 4]) -> Tensor<Gpu, 4> {
+    Tensor::from_data(TensorData::new(data.to_vec(), shape), &Default::default())
+}
+
+fn cpu(data: &[f32], shape: [usize; 4]) -> Tensor<Cpu, 4> {
+    Tensor::from_data(TensorData::new(data.to_vec(), shape), &Default::default())
+}
+
+/// Rows `[.., rows)` of axis 2 of a `[b, h, n, d]` buffer for sequence `bi`.
+fn slice(x: &[f32], [_, h, n, d]: [usize; 4], bi: usize, rows: usize) -> Vec<f32> {
+    (0..h)
+        .flat_map(|hi| x[((bi * h + hi) * n) * d..][..rows * d].to_vec())
+        .collect()
+}
+
+struct Run {
+    case: Case,
+    spec: AttentionSpec,
+    q_lens: Vec<usize>,
+    kv_lens: Vec<usize>,
+}
+
+/// Launches the fused kernel into a NaN-poisoned output and returns the largest relative error
+/// against the reference over every sequence (each on its own lengths).
+fn check(run: &Run, rng: &mut StdRng) -> f64 {
+    let c = run.case;
+    let (qs, ks) = ([c.b, c.hq, c.nq, c.d], [c.b, c.hkv, c.nk, c.d]);
+    let q = random(rng, c.b * c.hq * c.nq * c.d);
+    let k = random(rng, c.b * c.hkv * c.nk * c.d);
+    let v = random(rng, c.b * c.hkv * c.nk * c.d);
+    let mut spec = run.spec.clone();
+    spec.q_lens = Some(run.q_lens.clone());
+    spec.kv_lens = Some(run.kv_lens.clone());
+
+    let out = gpu(&vec![f32::NAN; q.len()], qs);
+    let prim = |t: Tensor<Gpu, 4>| t.into_primitive().tensor();
+    kernels_cubecl::fused_attention_into(
+        prim(gpu(&q, qs)),
+        prim(gpu(&k, ks)),
+        prim(gpu(&v, ks)),
+        prim(out.clone()),
+        &spec,
+    )
+    .expect("the call is valid");
+    let got: Vec<f32> = out.into_data().to_vec().unwrap();
+
+    let mut worst = 0f64;
+    for bi in 0..c.b {
+        let (ql, kl) = (run.q_lens[bi], run.kv_lens[bi]);
+        // Padding rows are zeros.
+        for hi in 0..c.hq {
+            for i in ql..c.nq {
+                let row = &got[((bi * c.hq + hi) * c.nq + i) * c.d..][..c.d];
+                assert!(row.iter().all(|&x| x == 0.0), "padding row {i} of sequence {bi} is {row:?}");
+            }
+        }
+        if ql == 0 {
+            continue;
+        }
+        // The reference's queries are the first `ql` rows, its keys the first `kl`.
+        let q1 = slice(&q, qs, bi, c.nq);
+        let q1: Vec<f32> = (0..c.hq).flat_map(|h| q1[h * c.nq * c.d..][..ql * c.d].to_vec()).collect();
+        let visibility = match &spec.visibility {
+            Visibility::Blocks(s) => {
+                let per = s.heads * s.q_blocks * s.k_blocks;
+                Visibility::Blocks(BlockSelection {
+                    keep: s.keep[bi * per..(bi + 1) * per].to_vec(),
+                    ..s.clone()
+                })
+            }
+            other => other.clone(),
+        };
+        let want = reference::masked_attention(
+            cpu(&q1, [1, c.hq, ql, c.d]),
+            cpu(&slice(&k, ks, bi, kl), [1, c.hkv, kl, c.d]),
+            cpu(&slice(&v, ks, bi, kl), [1, c.hkv, kl, c.d]),
+            spec.layout,
+            &visibility,
+        );
+        let want: Vec<f32> = want.into_data().to_vec().unwrap();
+        let have = slice(&got, qs, bi, ql);
+        let (mut num, mut den) = (0f64, 0f64);
+        for (a, b) in have.iter().zip(&want) {
+            assert!(a.is_finite(), "sequence {bi}: non-finite output {a}");
+            num += ((a - b) as f64).powi(2);
+            den += (*b as f64).powi(2);
+        }
+        worst = worst.max((num / den.max(1e-30)).sqrt());
+    }
+    worst
+}
+
+fn lens(rng: &mut StdRng, b: usize, nq: usize, nk: usize, padded: bool) -> (Vec<usize>, Vec<usize>) {
+    (0..b)
+        .map(|i| {
+            if !padded || i == 0 {
+                (nq, nk)
+            } else {
+                let kl = rng.random_range(nk / 2..=nk);
+                (nq.min(kl).saturating_sub(rng.random_range(0..3)).max(1), kl)
+            }
+        })
+        .unzip()
+}
+
+fn run_all(runs: Vec<(Case, Visibility, KeyLayout, bool)>) {
+    let mut rng = StdRng::seed_from_u64(7);
+    for (case, visibility, layout, padded) in runs {
+        let (q_lens, kv_lens) = lens(&mut rng, case.b, case.nq, case.nk, padded);
+        let mut spec = AttentionSpec::new(visibility, case.d);
+        spec.layout = layout;
+        let run = Run { case, spec, q_lens, kv_lens };
+        let err = check(&run, &mut rng);
+        assert!(err < 1e-4, "{case:?} {:?}: relative error {err:e}", run.spec.visibility);
+    }
+}
+
+fn case(b: usize, hq: usize, hkv: usize, nq: usize, nk: usize, d: usize) -> Case {
+    Case { b, hq, hkv, nq, nk, d }
+}
+
+#[test]
+fn causal_prefill_matches_reference() {
+    let none = KeyLayout::default();
+    run_all(vec![
+        (case(1, 4, 1, 67, 67, 64), Visibility::Causal, none, false),
+        (case(3, 7, 1, 45, 45, 128), Visibility::Causal, none, true),
+        (case(1, 2, 2, 130, 130, 64), Visibility::Causal, none, false),
+        (case(3, 4, 1, 33, 97, 64), Visibility::Causal, none, true),
+    ]);
+}
+
+#[test]
+fn sink_window_and_triangle_match_reference() {
+    let none = KeyLayout::default();
+    let window = |sink, window, dense| Visibility::Window { sink, window, dense };
+    run_all(vec![
+        (case(1, 4, 1, 201, 201, 64), window(5, 40, 0..0), none, false),
+        (case(3, 7, 1, 90, 90, 128), window(3, 17, 0..0), none, true),
+        (case(1, 4, 4, 150, 150, 64), window(4, 33, 120..150), none, false),
+        (case(1, 4, 1, 70, 70, 64), window(0, 1, 0..0), none, false),
+        // An evicted cache: 5 sink keys kept, 60 positions dropped.
+        (case(1, 4, 1, 3, 50, 64), window(5, 40, 0..0), KeyLayout { kept_sink: 5, dropped: 60 }, false),
+    ]);
+}
+
+#[test]
+fn decode_steps_match_reference() {
+    let none = KeyLayout::default();
+    run_all(vec![
+        (case(1, 4, 1, 1, 300, 64), Visibility::Causal, none, false),
+        (case(3, 7, 1, 3, 120, 128), Visibility::Causal, none, true),
+        (case(1, 4, 4, 2, 257, 64), Visibility::Window { sink: 4, window: 64, dense: 0..0 }, none, false),
+    ]);
+}
+
+#[test]
+fn block_index_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut runs = Vec::new();
+    for (c, block) in [(case(1, 4, 1, 150, 150, 64), 16), (case(3, 7, 1, 64, 64, 128), 32)] {
+        let blocks = c.nk.div_ceil(block);
+        let keep: Vec<bool> = (0..c.b * c.hq * blocks * blocks)
+            .map(|i| i % blocks == 0 || rng.random_bool(0.4))
+            .collect();
+        let selection = BlockSelection {
+            block,
+            first_q_block: 0,
+            q_blocks: blocks,
+            k_blocks: blocks,
+            heads: c.hq,
+            keep,
+        };
+        runs.push((c, Visibility::Blocks(selection), KeyLayout::default(), false));
+    }
+    run_all(runs);
+}
+
+#[test]
+fn attention_entry_point_runs_fused_through_fusion() {
+    // burn's `Wgpu` is Fusion<CubeBackend>: the fused op goes through a custom fusion op.
+    type Fused = burn::backend::Wgpu;
+    let mut rng = StdRng::seed_from_u64(3);
+    let c = case(1, 4, 2, 37, 37, 64);
+    let (qs, ks) = ([c.b, c.hq, c.nq, c.d], [c.b, c.hkv, c.nk, c.d]);
+    let (q, k, v) = (random(&mut rng, 4 * 37 * 64), random(&mut rng, 2 * 37 * 64), random(&mut rng, 2 * 37 * 64));
+    let dev = Default::default();
+    let t = |x: &[f32], s: [usize; 4]| Tensor::<Fused, 4>::from_data(TensorData::new(x.to_vec(), s), &dev);
+    let mode = flux_attention::AttentionMode::Streaming { sink: 2, window: 9 };
+    let got: Vec<f32> = flux_attention::attention(t(&q, qs), t(&k, ks), t(&v, ks), &mode)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let want: Vec<f32> = flux_attention::attention(cpu(&q, qs), cpu(&k, ks), cpu(&v, ks), &mode)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-5, "max abs error {err}");
+    let _ = TensorPrimitive::<Fused>::Float; // the fused path is the only one on this backend
+}

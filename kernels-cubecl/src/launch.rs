@@ -1,0 +1,357 @@
+//! Host side of the fused attention: checks, kernel choice, tables, launch.
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::{
+    kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor,
+    CubeRuntime,
+};
+use cubecl::prelude::*;
+
+use crate::{
+    prefill_portable::{self, flash_attention_portable},
+    spec::{AttentionSpec, BlockSelection, Visibility},
+    visibility::{MaskParamsLaunch, RULE_BLOCKS, RULE_CAUSAL, RULE_WINDOW},
+    KernelError,
+};
+
+/// Shapes of one call, checked by [`check_call`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallDims {
+    pub b: usize,
+    pub hq: usize,
+    pub nq: usize,
+    pub hkv: usize,
+    pub nk: usize,
+    pub d: usize,
+    pub q_lens: Vec<u32>,
+    pub kv_lens: Vec<u32>,
+}
+
+#[allow(missing_docs)]
+impl CallDims {
+    /// Query heads per KV head.
+    pub fn group(&self) -> usize {
+        self.hq / self.hkv
+    }
+}
+
+/// Which kernel family serves a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// Plain arithmetic, shared memory only: every runtime.
+    Portable,
+}
+
+fn tensor_err(tensor: &'static str, message: String) -> KernelError {
+    KernelError::Tensor { tensor, message }
+}
+
+fn arg_err(argument: &'static str, message: String) -> KernelError {
+    KernelError::Argument { argument, message }
+}
+
+/// Checks the shapes, dtype and spec of a call before anything is launched.
+pub fn check_call(
+    q: &[usize],
+    k: &[usize],
+    v: &[usize],
+    dtype: DType,
+    spec: &AttentionSpec,
+) -> Result<CallDims, KernelError> {
+    let shape = |s: &[usize], name: &'static str| -> Result<[usize; 4], KernelError> {
+        match s {
+            &[a, b, c, d] => Ok([a, b, c, d]),
+            _ => Err(tensor_err(name, format!("must have 4 dims, has shape {s:?}"))),
+        }
+    };
+    let [b, hq, nq, d] = shape(q, "q")?;
+    let [kb, hkv, nk, kd] = shape(k, "k")?;
+    let vs = shape(v, "v")?;
+    if kb != b || kd != d || hkv == 0 || hq % hkv != 0 {
+        return Err(tensor_err(
+            "k",
+            format!("must be [{b}, a divisor of {hq}, n, {d}], is [{kb}, {hkv}, {nk}, {kd}]"),
+        ));
+    }
+    if vs != [kb, hkv, nk, kd] {
+        return Err(tensor_err("v", format!("must have the shape of k, has {vs:?}")));
+    }
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(tensor_err("q", format!("dtype {dtype:?} is not f32, f16 or bf16")));
+    }
+    if b == 0 || nq == 0 || nk == 0 {
+        return Err(tensor_err("q", format!("is empty: q {:?}, k {:?}", [b, hq, nq, d], [kb, hkv, nk, kd])));
+    }
+    if d % prefill_portable::LANES as usize != 0 || d > 256 {
+        return Err(tensor_err("q", format!("head_dim {d} is not a multiple of 8 up to 256")));
+    }
+    if (b * hq * nq * d).max(b * hkv * nk * d) >= u32::MAX as usize {
+        return Err(tensor_err("q", "has 2^32 elements or more".into()));
+    }
+    let lens = |given: &Option<Vec<usize>>, all: usize, name: &'static str| -> Result<Vec<u32>, KernelError> {
+        match given {
+            None => Ok(vec![all as u32; b]),
+            Some(l) if l.len() != b => Err(arg_err(name, format!("has {} entries for a batch of {b}", l.len()))),
+            Some(l) => match l.iter().find(|&&x| x > all) {
+                Some(x) => Err(arg_err(name, format!("entry {x} exceeds the tensor's {all} rows"))),
+                None => Ok(l.iter().map(|&x| x as u32).collect()),
+            },
+        }
+    };
+    let q_lens = lens(&spec.q_lens, nq, "q_lens")?;
+    let kv_lens = lens(&spec.kv_lens, nk, "kv_lens")?;
+    if let Some(i) = (0..b).find(|&i| q_lens[i] > kv_lens[i]) {
+        return Err(arg_err(
+            "q_lens",
+            format!("sequence {i} has {} queries but only {} keys", q_lens[i], kv_lens[i]),
+        ));
+    }
+    match &spec.visibility {
+        Visibility::Window { window: 0, .. } => {
+            return Err(arg_err("window", "must be at least 1".into()))
+        }
+        Visibility::Blocks(t) => check_table(t, b, hq, nk + spec.layout.dropped)?,
+        _ => {}
+    }
+    if !(spec.scale.is_finite() && spec.scale > 0.0) {
+        return Err(arg_err("scale", format!("{} is not a positive finite number", spec.scale)));
+    }
+    Ok(CallDims { b, hq, nq, hkv, nk, d, q_lens, kv_lens })
+}
+
+fn check_table(t: &BlockSelection, b: usize, hq: usize, positions: usize) -> Result<(), KernelError> {
+    if t.block == 0 {
+        return Err(arg_err("block", "must be at least 1".into()));
+    }
+    if t.heads != hq {
+        return Err(arg_err("heads", format!("table has {} heads, q has {hq}", t.heads)));
+    }
+    if t.keep.len() != b * t.heads * t.q_blocks * t.k_blocks {
+        return Err(arg_err(
+            "keep",
+            format!("has {} entries, expected {b} x {} x {} x {}", t.keep.len(), t.heads, t.q_blocks, t.k_blocks),
+        ));
+    }
+    if t.k_blocks < positions.div_ceil(t.block) {
+        return Err(arg_err("k_blocks", format!("{} blocks do not cover {positions} positions", t.k_blocks)));
+    }
+    Ok(())
+}
+
+fn u32_array<R: CubeRuntime>(client: &ComputeClient<R>, data: &[u32]) -> (cubecl::server::Handle, usize) {
+    let data = if data.is_empty() { &[0u32][..] } else { data };
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    (client.create_from_slice(&bytes), data.len())
+}
+
+/// Per (sequence, kv head, query tile): the key tiles the blocks rule visits, as a padded list
+/// and a count. Tiles are of `rows` stacked query rows and `keys` keys.
+pub(crate) fn tile_lists(
+    t: &BlockSelection,
+    dims: &CallDims,
+    spec: &AttentionSpec,
+    rows: usize,
+    keys: usize,
+) -> (Vec<u32>, Vec<u32>, usize) {
+    let g = dims.group();
+    let q_tiles = (g * dims.nq).div_ceil(rows);
+    let k_tiles = dims.nk.div_ceil(keys);
+    let position = |s: usize| spec.layout.position(s);
+    let stored = |p: usize| spec.layout.stored_index(p);
+    let mut lists: Vec<Vec<u32>> = Vec::with_capacity(dims.b * dims.hkv * q_tiles);
+    for b in 0..dims.b {
+        let (q_len, kv_len) = (dims.q_lens[b] as usize, dims.kv_lens[b] as usize);
+        for kvh in 0..dims.hkv {
+            for qt in 0..q_tiles {
+                let mut tiles = vec![false; k_tiles];
+                for gm in qt * rows..((qt + 1) * rows).min(g * dims.nq) {
+                    let (i, h) = (gm / g, kvh * g + gm % g);
+                    if i >= q_len {
+                        continue;
+                    }
+                    let qs = kv_len - q_len + i;
+                    let qb = position(qs) / t.block;
+                    if qb < t.first_q_block || qb >= t.first_q_block + t.q_blocks {
+                        continue;
+                    }
+                    let row = ((b * t.heads + h) * t.q_blocks + qb - t.first_q_block) * t.k_blocks;
+                    for kb in 0..t.k_blocks.min(qb + 1) {
+                        if t.keep[row + kb] {
+                            let from = stored(kb * t.block);
+                            let to = stored((kb + 1) * t.block).min(qs + 1);
+                            if from < to {
+                                tiles[from / keys..=(to - 1) / keys].iter_mut().for_each(|x| *x = true);
+                            }
+                        }
+                    }
+                }
+                lists.push((0..k_tiles as u32).filter(|&x| tiles[x as usize]).collect());
+            }
+        }
+    }
+    let max = lists.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut flat = vec![0u32; lists.len() * max];
+    for (i, l) in lists.iter().enumerate() {
+        flat[i * max..i * max + l.len()].copy_from_slice(l);
+    }
+    let counts = lists.iter().map(|l| l.len() as u32).collect();
+    (flat, counts, max)
+}
+
+/// Fused GQA attention of `q` over `k`, `v` under `spec`, on any cubecl runtime.
+///
+/// Shapes: `q [b, hq, nq, d]`, `k`, `v` `[b, hkv, nk, d]` with `hq % hkv == 0`, f32 / f16 /
+/// bf16, `d` a multiple of 8 up to 256. Returns `[b, hq, nq, d]` in the dtype of `q`. K and V
+/// are read once per KV head: the query heads of a group share every loaded tile.
+pub fn fused_attention<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    spec: &AttentionSpec,
+) -> Result<CubeTensor<R>, KernelError> {
+    for (t, name) in [(&k, "k"), (&v, "v")] {
+        if t.dtype != q.dtype {
+            return Err(tensor_err(name, format!("is {:?}, q is {:?}", t.dtype, q.dtype)));
+        }
+    }
+    let dims = check_call(q.meta.shape(), k.meta.shape(), v.meta.shape(), q.dtype, spec)?;
+    let choice = choose_kernel(&q.client, &dims, q.dtype)?;
+    let out = empty_device_contiguous_dtype::<R>(
+        q.client.clone(),
+        q.device.clone(),
+        Shape::new([dims.b, dims.hq, dims.nq, dims.d]),
+        q.dtype,
+    );
+    launch_kernel(q, k, v, out.clone(), spec, &dims, choice);
+    Ok(out)
+}
+
+/// [`fused_attention`] into a given contiguous output of `q`'s shape and dtype (tests poison it
+/// first, so that an element no kernel writes shows).
+pub fn fused_attention_into<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    out: CubeTensor<R>,
+    spec: &AttentionSpec,
+) -> Result<KernelChoice, KernelError> {
+    for (t, name) in [(&k, "k"), (&v, "v"), (&out, "out")] {
+        if t.dtype != q.dtype {
+            return Err(tensor_err(name, format!("is {:?}, q is {:?}", t.dtype, q.dtype)));
+        }
+    }
+    if out.meta.shape() != q.meta.shape() || !out.is_contiguous() {
+        return Err(tensor_err("out", format!("must be contiguous with q's shape {:?}", q.meta.shape())));
+    }
+    let dims = check_call(q.meta.shape(), k.meta.shape(), v.meta.shape(), q.dtype, spec)?;
+    let choice = choose_kernel(&q.client, &dims, q.dtype)?;
+    launch_kernel(q, k, v, out, spec, &dims, choice);
+    Ok(choice)
+}
+
+/// The kernel that serves a checked call on this device, or why none can.
+pub fn choose_kernel<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dims: &CallDims,
+    _dtype: DType,
+) -> Result<KernelChoice, KernelError> {
+    let choice = KernelChoice::Portable;
+    let smem = choice.shared_memory_bytes(dims.d);
+    let smem_max = client.properties().hardware.max_shared_memory_size;
+    if smem > smem_max {
+        return Err(tensor_err(
+            "q",
+            format!("head_dim {} needs {smem} B of shared memory, the device has {smem_max}", dims.d),
+        ));
+    }
+    Ok(choice)
+}
+
+impl KernelChoice {
+    /// Stacked query rows and keys per tile.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            KernelChoice::Portable => (prefill_portable::ROWS as usize, prefill_portable::KEYS as usize),
+        }
+    }
+
+    /// Shared memory one cube needs at `head_dim`.
+    fn shared_memory_bytes(self, head_dim: usize) -> usize {
+        let (rows, keys) = self.tile();
+        4 * (rows * head_dim + keys * head_dim + rows * keys + prefill_portable::THREADS as usize)
+    }
+}
+
+fn launch_kernel<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    out: CubeTensor<R>,
+    spec: &AttentionSpec,
+    dims: &CallDims,
+    choice: KernelChoice,
+) {
+    let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+    let client = q.client.clone();
+    let dtype = q.dtype;
+    let (rows, keys) = choice.tile();
+    let (rule, sink, window, dense) = match &spec.visibility {
+        Visibility::Causal => (RULE_CAUSAL, 0, 1, 0..0),
+        Visibility::Window { sink, window, dense } => (RULE_WINDOW, *sink, *window, dense.clone()),
+        Visibility::Blocks(_) => (RULE_BLOCKS, 0, 1, 0..0),
+    };
+    let (lists, counts, max_tiles, keep, table) = match &spec.visibility {
+        Visibility::Blocks(t) => {
+            let (l, c, m) = tile_lists(t, dims, spec, rows, keys);
+            let keep: Vec<u32> = t.keep.iter().map(|&x| x as u32).collect();
+            (l, c, m, keep, Some(t))
+        }
+        _ => (vec![], vec![], 1, vec![], None),
+    };
+    let sat = |x: usize| x.min(u32::MAX as usize) as u32;
+    let q_tiles = (dims.group() * dims.nq).div_ceil(rows);
+    let (ql, ql_n) = u32_array(&client, &dims.q_lens);
+    let (kl, kl_n) = u32_array(&client, &dims.kv_lens);
+    let (li, li_n) = u32_array(&client, &lists);
+    let (co, co_n) = u32_array(&client, &counts);
+    let (ke, ke_n) = u32_array(&client, &keep);
+    let mask = MaskParamsLaunch::new(
+        sat(sink),
+        sat(window),
+        sat(dense.start),
+        sat(dense.end),
+        sat(spec.layout.kept_sink),
+        sat(spec.layout.dropped),
+        table.map_or(1, |t| sat(t.block)),
+        table.map_or(0, |t| sat(t.first_q_block)),
+        table.map_or(0, |t| sat(t.q_blocks)),
+        table.map_or(0, |t| sat(t.k_blocks)),
+        table.map_or(0, |t| sat(t.heads)),
+    );
+    let count = CubeCount::Static(q_tiles as u32, dims.hkv as u32, dims.b as u32);
+    match choice {
+        KernelChoice::Portable => unsafe {
+            flash_attention_portable::launch_unchecked::<R>(
+                &client,
+                count,
+                CubeDim::new_1d(prefill_portable::THREADS),
+                q.into_tensor_arg(),
+                k.into_tensor_arg(),
+                v.into_tensor_arg(),
+                out.into_tensor_arg(),
+                ArrayArg::from_raw_parts(ql, ql_n),
+                ArrayArg::from_raw_parts(kl, kl_n),
+                ArrayArg::from_raw_parts(li, li_n),
+                ArrayArg::from_raw_parts(co, co_n),
+                ArrayArg::from_raw_parts(ke, ke_n),
+                mask,
+                spec.scale,
+                max_tiles as u32,
+                dims.d as u32,
+                dims.group() as u32,
+                rule,
+                dtype.into(),
+            )
+        },
+    }
+}
