@@ -7,12 +7,18 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
+use cubecl::features::{MmaConfig, Plane};
+
 use crate::{
-    prefill_portable::{self, flash_attention_portable},
+    prefill_cmma::{self, flash_attention_cmma},
+    prefill_portable::{self, combine_splits, flash_attention_portable},
     spec::{AttentionSpec, BlockSelection, Visibility},
     visibility::{MaskParamsLaunch, RULE_BLOCKS, RULE_CAUSAL, RULE_WINDOW},
     KernelError,
 };
+
+/// Split-KV aims at this many cubes when a call has few query tiles.
+const SPLIT_TARGET_CUBES: usize = 512;
 
 /// Shapes of one call, checked by [`check_call`].
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +46,8 @@ impl CallDims {
 pub enum KernelChoice {
     /// Plain arithmetic, shared memory only: every runtime.
     Portable,
+    /// Matrix units (cmma), f16 / bf16, head_dim 64 or 128, 32-lane planes.
+    Cmma,
 }
 
 fn tensor_err(tensor: &'static str, message: String) -> KernelError {
@@ -253,9 +261,15 @@ pub fn fused_attention_into<R: CubeRuntime>(
 pub fn choose_kernel<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dims: &CallDims,
-    _dtype: DType,
+    dtype: DType,
 ) -> Result<KernelChoice, KernelError> {
-    let choice = KernelChoice::Portable;
+    // Few query tiles (decode, short prompts): the portable kernel splits the keys over cubes.
+    let cmma_cubes = (dims.group() * dims.nq).div_ceil(prefill_cmma::ROWS as usize) * dims.hkv * dims.b;
+    let choice = if cmma_cubes >= 128 && cmma_usable(client, dims, dtype) {
+        KernelChoice::Cmma
+    } else {
+        KernelChoice::Portable
+    };
     let smem = choice.shared_memory_bytes(dims.d);
     let smem_max = client.properties().hardware.max_shared_memory_size;
     if smem > smem_max {
@@ -267,18 +281,52 @@ pub fn choose_kernel<R: CubeRuntime>(
     Ok(choice)
 }
 
+/// Whether the matrix-unit kernel can serve the call: 16-bit inputs, head_dim 64 or 128, the
+/// 16x16x16 f32-accumulating cmma shape, plane operations and 32-lane planes.
+fn cmma_usable<R: CubeRuntime>(client: &ComputeClient<R>, dims: &CallDims, dtype: DType) -> bool {
+    if std::env::var_os("FLUX_NO_CMMA").is_some() {
+        return false;
+    }
+    let props = client.properties();
+    let elem = match dtype {
+        DType::F16 | DType::BF16 => StorageType::from(dtype),
+        _ => return false,
+    };
+    let shape_ok = props.features.matmul.cmma.contains(&MmaConfig {
+        a_type: elem,
+        b_type: elem,
+        cd_type: StorageType::from(DType::F32),
+        m: 16,
+        n: 16,
+        k: 16,
+    });
+    let hw = &props.hardware;
+    shape_ok
+        && matches!(dims.d, 64 | 128)
+        && props.features.plane.contains(Plane::Ops)
+        && hw.plane_size_min == prefill_cmma::PLANE_SIZE
+        && hw.plane_size_max == prefill_cmma::PLANE_SIZE
+}
+
 impl KernelChoice {
     /// Stacked query rows and keys per tile.
     fn tile(self) -> (usize, usize) {
         match self {
             KernelChoice::Portable => (prefill_portable::ROWS as usize, prefill_portable::KEYS as usize),
+            KernelChoice::Cmma => (prefill_cmma::ROWS as usize, prefill_cmma::KEYS as usize),
         }
     }
 
     /// Shared memory one cube needs at `head_dim`.
     fn shared_memory_bytes(self, head_dim: usize) -> usize {
         let (rows, keys) = self.tile();
-        4 * (rows * head_dim + keys * head_dim + rows * keys + prefill_portable::THREADS as usize)
+        match self {
+            KernelChoice::Portable => {
+                4 * (rows * head_dim + keys * head_dim + rows * keys + prefill_portable::THREADS as usize)
+            }
+            // Q, K, V tiles and P in 16 bits, S in f32.
+            KernelChoice::Cmma => 2 * (rows * head_dim + 2 * keys * head_dim + rows * keys) + 4 * rows * keys + 64,
+        }
     }
 }
 
@@ -328,13 +376,74 @@ fn launch_kernel<R: CubeRuntime>(
         table.map_or(0, |t| sat(t.k_blocks)),
         table.map_or(0, |t| sat(t.heads)),
     );
-    let count = CubeCount::Static(q_tiles as u32, dims.hkv as u32, dims.b as u32);
+    let cubes = q_tiles * dims.hkv * dims.b;
+    let splits = match choice {
+        KernelChoice::Portable if cubes < SPLIT_TARGET_CUBES => {
+            let tiles = match &spec.visibility {
+                Visibility::Window { sink, window, dense } if dense.is_empty() => (sink + window) / keys + 2,
+                _ => dims.nk.div_ceil(keys),
+            };
+            (SPLIT_TARGET_CUBES / cubes).clamp(1, tiles.div_ceil(4).max(1))
+        }
+        _ => 1,
+    };
+    let count = CubeCount::Static(q_tiles as u32, dims.hkv as u32, (dims.b * splits) as u32);
+    let rows = dims.b * dims.hq * dims.nq;
+    let part_len = |n: usize| if splits > 1 { splits * rows * n } else { 1 };
+    let part = |n: usize| {
+        empty_device_contiguous_dtype::<R>(client.clone(), q.device.clone(), Shape::new([part_len(n)]), DType::F32)
+    };
+    let (o_part, ml_part) = (part(dims.d), part(2));
+    let (ql_combine, out_combine) = (ql.clone(), out.clone());
     match choice {
         KernelChoice::Portable => unsafe {
             flash_attention_portable::launch_unchecked::<R>(
                 &client,
                 count,
                 CubeDim::new_1d(prefill_portable::THREADS),
+                q.into_tensor_arg(),
+                k.into_tensor_arg(),
+                v.into_tensor_arg(),
+                out.into_tensor_arg(),
+                ArrayArg::from_raw_parts(o_part.handle.clone(), part_len(dims.d)),
+                ArrayArg::from_raw_parts(ml_part.handle.clone(), part_len(2)),
+                ArrayArg::from_raw_parts(ql, ql_n),
+                ArrayArg::from_raw_parts(kl, kl_n),
+                ArrayArg::from_raw_parts(li, li_n),
+                ArrayArg::from_raw_parts(co, co_n),
+                ArrayArg::from_raw_parts(ke, ke_n),
+                mask,
+                spec.scale,
+                max_tiles as u32,
+                splits as u32,
+                dims.d as u32,
+                dims.group() as u32,
+                rule,
+                splits > 1,
+                dtype.into(),
+            );
+            if splits > 1 {
+                combine_splits::launch_unchecked::<R>(
+                    &client,
+                    CubeCount::Static(rows as u32, 1, 1),
+                    CubeDim::new_1d(dims.d as u32),
+                    ArrayArg::from_raw_parts(o_part.handle, part_len(dims.d)),
+                    ArrayArg::from_raw_parts(ml_part.handle, part_len(2)),
+                    ArrayArg::from_raw_parts(ql_combine, ql_n),
+                    out_combine.into_tensor_arg(),
+                    splits as u32,
+                    dims.d as u32,
+                    dtype.into(),
+                );
+            }
+        },
+        KernelChoice::Cmma => unsafe {
+            // 16-byte vectors of 16-bit elements.
+            flash_attention_cmma::launch_unchecked::<R>(
+                &client,
+                count,
+                CubeDim::new_2d(prefill_cmma::PLANE_SIZE, prefill_cmma::PLANES),
+                8,
                 q.into_tensor_arg(),
                 k.into_tensor_arg(),
                 v.into_tensor_arg(),

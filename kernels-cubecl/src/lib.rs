@@ -9,6 +9,8 @@ mod error;
 #[cfg(feature = "kernels")]
 mod launch;
 #[cfg(feature = "kernels")]
+mod prefill_cmma;
+#[cfg(feature = "kernels")]
 mod prefill_portable;
 mod spec;
 #[cfg(feature = "kernels")]

@@ -36,6 +36,8 @@ pub fn flash_attention_portable<F: Float>(
     k: &Tensor<F>,
     v: &Tensor<F>,
     out: &mut Tensor<F>,
+    o_part: &mut Array<f32>,
+    ml_part: &mut Array<f32>,
     q_lens: &Array<u32>,
     kv_lens: &Array<u32>,
     tile_lists: &Array<u32>,
@@ -44,16 +46,21 @@ pub fn flash_attention_portable<F: Float>(
     mask: MaskParams,
     scale: f32,
     max_tiles: u32,
+    n_splits: u32,
     #[comptime] head_dim: u32,
     #[comptime] group: u32,
     #[comptime] rule: u32,
+    #[comptime] split: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let d = head_dim as usize;
     let t = UNIT_POS;
     let r = t / LANES;
     let lane = t % LANES;
-    let b = CUBE_POS_Z;
+    // Split-KV: cube z = sequence * n_splits + split; each split walks its share of the tiles
+    // and leaves unnormalised partials for `combine_splits`.
+    let b = CUBE_POS_Z / n_splits;
+    let split_id = CUBE_POS_Z % n_splits;
     let kvh = CUBE_POS_Y;
     let n_tiles = CUBE_COUNT_X;
     // Heavy (late) query tiles first: the causal triangle then finishes evenly.
@@ -82,6 +89,8 @@ pub fn flash_attention_portable<F: Float>(
 
     let i_min = gm0 / group;
     let cols_per_lane = comptime!(head_dim / LANES);
+    let mut m_run = NEG.runtime();
+    let mut l_run = 0.0f32.runtime();
     let mut acc = Array::<f32>::new(cols_per_lane as usize);
     #[unroll]
     for j in 0..cols_per_lane {
@@ -117,13 +126,14 @@ pub fn flash_attention_portable<F: Float>(
             total = tile_counts[list_row as usize];
         }
 
-        let mut m_run = NEG.runtime();
-        let mut l_run = 0.0f32.runtime();
+        let per_split = total.div_ceil(n_splits);
+        let it_lo = (split_id * per_split).min(total);
+        let it_hi = (it_lo + per_split).min(total);
         let kv_base = ((b * hkv + kvh) * nk) as usize * d;
         let mut sc = Array::<f32>::new(comptime!((KEYS / LANES) as usize));
         let mut seen = Array::<bool>::new(comptime!((KEYS / LANES) as usize));
 
-        for it in 0..total {
+        for it in it_lo..it_hi {
             let mut kt = tile_at(&range, it);
             if comptime!(rule == RULE_BLOCKS) {
                 kt = tile_lists[(list_row * max_tiles + it) as usize];
@@ -220,23 +230,80 @@ pub fn flash_attention_portable<F: Float>(
         for j in 0..LANES {
             l += red_s[(r * LANES + j) as usize];
         }
-        let inv = select(l > 0.0, 1.0 / l, 0.0f32);
-        #[unroll]
-        for j in 0..cols_per_lane {
-            acc[j as usize] *= inv;
+        l_run = l;
+        if !split {
+            let inv = select(l > 0.0, 1.0 / l, 0.0f32);
+            #[unroll]
+            for j in 0..cols_per_lane {
+                acc[j as usize] *= inv;
+            }
         }
     }
 
-    // Rows past the batch's query length (padding) are written as zeros.
     if my_i < nq {
-        #[unroll]
-        for j in 0..cols_per_lane {
-            let c = lane + j * LANES;
-            let mut o = acc[j as usize];
-            if !my_valid {
-                o = 0.0;
+        if split {
+            // Partials of (split, sequence, head, row): unnormalised O, then (max, sum).
+            let row = ((split_id * CUBE_COUNT_Z / n_splits + b) * hq + my_h) * nq + my_i;
+            #[unroll]
+            for j in 0..cols_per_lane {
+                o_part[(row * head_dim + lane + j * LANES) as usize] = acc[j as usize];
             }
-            out[my_base + c as usize] = F::cast_from(o);
+            if lane == 0 {
+                ml_part[(row * 2) as usize] = m_run;
+                ml_part[(row * 2 + 1) as usize] = l_run;
+            }
+        } else {
+            // Rows past the batch's query length (padding) are written as zeros.
+            #[unroll]
+            for j in 0..cols_per_lane {
+                let c = lane + j * LANES;
+                let mut o = acc[j as usize];
+                if !my_valid {
+                    o = 0.0;
+                }
+                out[my_base + c as usize] = F::cast_from(o);
+            }
         }
     }
+}
+
+/// Merges the split-KV partials of [`flash_attention_portable`]: one cube per output row,
+/// one thread per column.
+#[cube(launch_unchecked)]
+pub fn combine_splits<F: Float>(
+    o_part: &Array<f32>,
+    ml_part: &Array<f32>,
+    q_lens: &Array<u32>,
+    out: &mut Tensor<F>,
+    n_splits: u32,
+    #[comptime] head_dim: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_X;
+    let c = UNIT_POS;
+    let nq = out.shape(2) as u32;
+    let hq = out.shape(1) as u32;
+    let rows = CUBE_COUNT_X;
+    let b = row / (hq * nq);
+    let i = row % nq;
+    let mut m = NEG.runtime();
+    for s in 0..n_splits {
+        m = m.max(ml_part[((s * rows + row) * 2) as usize]);
+    }
+    let mut l = 0.0f32.runtime();
+    let mut o = 0.0f32.runtime();
+    for s in 0..n_splits {
+        let at = s * rows + row;
+        let ls = ml_part[(at * 2 + 1) as usize];
+        if ls > 0.0 {
+            let w = (ml_part[(at * 2) as usize] - m).exp();
+            l += w * ls;
+            o += w * o_part[(at * head_dim + c) as usize];
+        }
+    }
+    let mut x = select(l > 0.0, o / l, 0.0f32);
+    if i >= q_lens[b as usize] {
+        x = 0.0;
+    }
+    out[(row * head_dim + c) as usize] = F::cast_from(x);
 }
