@@ -53,7 +53,6 @@ impl<B: AttentionBackend, C: burn::backend::autodiff::checkpoint::strategy::Chec
 mod cube {
     use super::*;
     use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-    use cubecl::Runtime;
 
     impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionBackend
         for CubeBackend<R, F, I, BT>

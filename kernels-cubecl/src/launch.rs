@@ -13,7 +13,7 @@ use crate::{
     prefill_cmma::{self, flash_attention_cmma},
     prefill_portable::{self, combine_splits, flash_attention_portable},
     spec::{AttentionSpec, BlockSelection, Visibility},
-    visibility::{MaskParamsLaunch, RULE_BLOCKS, RULE_CAUSAL, RULE_WINDOW},
+    visibility::{MaskParamsLaunch, MetaOffsetsLaunch, RULE_BLOCKS, RULE_CAUSAL, RULE_WINDOW},
     KernelError,
 };
 
@@ -90,7 +90,7 @@ pub fn check_call(
     if b == 0 || nq == 0 || nk == 0 {
         return Err(tensor_err("q", format!("is empty: q {:?}, k {:?}", [b, hq, nq, d], [kb, hkv, nk, kd])));
     }
-    if d % prefill_portable::LANES as usize != 0 || d > 256 {
+    if d % 8 != 0 || d > 256 {
         return Err(tensor_err("q", format!("head_dim {d} is not a multiple of 8 up to 256")));
     }
     if (b * hq * nq * d).max(b * hkv * nk * d) >= u32::MAX as usize {
@@ -270,12 +270,11 @@ pub fn choose_kernel<R: CubeRuntime>(
     } else {
         KernelChoice::Portable
     };
-    let smem = choice.shared_memory_bytes(dims.d);
     let smem_max = client.properties().hardware.max_shared_memory_size;
-    if smem > smem_max {
+    if choice.shape(dims, smem_max).is_none() {
         return Err(tensor_err(
             "q",
-            format!("head_dim {} needs {smem} B of shared memory, the device has {smem_max}", dims.d),
+            format!("head_dim {} needs more shared memory than the device's {smem_max} B", dims.d),
         ));
     }
     Ok(choice)
@@ -308,24 +307,39 @@ fn cmma_usable<R: CubeRuntime>(client: &ComputeClient<R>, dims: &CallDims, dtype
         && hw.plane_size_max == prefill_cmma::PLANE_SIZE
 }
 
-impl KernelChoice {
-    /// Stacked query rows and keys per tile.
-    fn tile(self) -> (usize, usize) {
-        match self {
-            KernelChoice::Portable => (prefill_portable::ROWS as usize, prefill_portable::KEYS as usize),
-            KernelChoice::Cmma => (prefill_cmma::ROWS as usize, prefill_cmma::KEYS as usize),
-        }
-    }
+/// Tile shape of a launch: stacked query rows per cube, keys per tile, threads per row.
+#[derive(Debug, Clone, Copy)]
+struct TileShape {
+    rows: usize,
+    keys: usize,
+    lanes: usize,
+}
 
-    /// Shared memory one cube needs at `head_dim`.
-    fn shared_memory_bytes(self, head_dim: usize) -> usize {
-        let (rows, keys) = self.tile();
+impl KernelChoice {
+    /// The tile shape for a call, or `None` when even the smallest does not fit `smem_max`.
+    fn shape(self, dims: &CallDims, smem_max: usize) -> Option<TileShape> {
+        let d = dims.d;
         match self {
-            KernelChoice::Portable => {
-                4 * (rows * head_dim + keys * head_dim + rows * keys + prefill_portable::THREADS as usize)
+            KernelChoice::Cmma => {
+                let (rows, keys) = (prefill_cmma::ROWS as usize, prefill_cmma::KEYS as usize);
+                // Q, K, V tiles and P in 16 bits, S in f32 (padded strides).
+                let (ld, ls, lp) = (d + 8, keys + 4, keys + 8);
+                let smem = 2 * (rows * ld + 2 * keys * ld + rows * lp) + 4 * rows * ls + 64;
+                (smem <= smem_max).then_some(TileShape { rows, keys, lanes: 0 })
             }
-            // Q, K, V tiles and P in 16 bits, S in f32.
-            KernelChoice::Cmma => 2 * (rows * head_dim + 2 * keys * head_dim + rows * keys) + 4 * rows * keys + 64,
+            KernelChoice::Portable => {
+                // Decode-sized calls (few stacked rows) give each row more threads.
+                let stacked = dims.group() * dims.nq;
+                let threads = prefill_portable::THREADS as usize;
+                [(4, 64), (8, 64), (16, 32)]
+                    .into_iter()
+                    .filter(|&(rows, _)| stacked <= rows || rows == 16)
+                    .map(|(rows, keys)| TileShape { rows, keys, lanes: threads / rows })
+                    .find(|t| {
+                        let smem = 4 * ((t.rows + t.keys) * (d + 1) + t.rows * (t.keys + 1) + threads);
+                        d % t.lanes == 0 && t.keys % t.lanes == 0 && smem <= smem_max
+                    })
+            }
         }
     }
 }
@@ -342,7 +356,9 @@ fn launch_kernel<R: CubeRuntime>(
     let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
     let client = q.client.clone();
     let dtype = q.dtype;
-    let (rows, keys) = choice.tile();
+    let smem_max = client.properties().hardware.max_shared_memory_size;
+    let shape = choice.shape(dims, smem_max).expect("checked by choose_kernel");
+    let (rows, keys) = (shape.rows, shape.keys);
     let (rule, sink, window, dense) = match &spec.visibility {
         Visibility::Causal => (RULE_CAUSAL, 0, 1, 0..0),
         Visibility::Window { sink, window, dense } => (RULE_WINDOW, *sink, *window, dense.clone()),
@@ -358,11 +374,13 @@ fn launch_kernel<R: CubeRuntime>(
     };
     let sat = |x: usize| x.min(u32::MAX as usize) as u32;
     let q_tiles = (dims.group() * dims.nq).div_ceil(rows);
-    let (ql, ql_n) = u32_array(&client, &dims.q_lens);
-    let (kl, kl_n) = u32_array(&client, &dims.kv_lens);
-    let (li, li_n) = u32_array(&client, &lists);
-    let (co, co_n) = u32_array(&client, &counts);
-    let (ke, ke_n) = u32_array(&client, &keep);
+    // Every small table in one upload: q_lens, kv_lens, tile counts, tile lists, keep flags.
+    let b = dims.b as u32;
+    let (counts_at, lists_at) = (2 * b, 2 * b + counts.len() as u32);
+    let keep_at = lists_at + lists.len() as u32;
+    let meta_data: Vec<u32> = [&dims.q_lens[..], &dims.kv_lens, &counts, &lists, &keep].concat();
+    let (meta, meta_n) = u32_array(&client, &meta_data);
+    let meta_at = || MetaOffsetsLaunch::new(0, b, counts_at, lists_at);
     let mask = MaskParamsLaunch::new(
         sat(sink),
         sat(window),
@@ -375,6 +393,7 @@ fn launch_kernel<R: CubeRuntime>(
         table.map_or(0, |t| sat(t.q_blocks)),
         table.map_or(0, |t| sat(t.k_blocks)),
         table.map_or(0, |t| sat(t.heads)),
+        keep_at,
     );
     let cubes = q_tiles * dims.hkv * dims.b;
     let splits = match choice {
@@ -394,7 +413,7 @@ fn launch_kernel<R: CubeRuntime>(
         empty_device_contiguous_dtype::<R>(client.clone(), q.device.clone(), Shape::new([part_len(n)]), DType::F32)
     };
     let (o_part, ml_part) = (part(dims.d), part(2));
-    let (ql_combine, out_combine) = (ql.clone(), out.clone());
+    let (meta_combine, out_combine) = (meta.clone(), out.clone());
     match choice {
         KernelChoice::Portable => unsafe {
             flash_attention_portable::launch_unchecked::<R>(
@@ -407,15 +426,15 @@ fn launch_kernel<R: CubeRuntime>(
                 out.into_tensor_arg(),
                 ArrayArg::from_raw_parts(o_part.handle.clone(), part_len(dims.d)),
                 ArrayArg::from_raw_parts(ml_part.handle.clone(), part_len(2)),
-                ArrayArg::from_raw_parts(ql, ql_n),
-                ArrayArg::from_raw_parts(kl, kl_n),
-                ArrayArg::from_raw_parts(li, li_n),
-                ArrayArg::from_raw_parts(co, co_n),
-                ArrayArg::from_raw_parts(ke, ke_n),
+                ArrayArg::from_raw_parts(meta.clone(), meta_n),
+                meta_at(),
                 mask,
                 spec.scale,
                 max_tiles as u32,
                 splits as u32,
+                shape.rows as u32,
+                shape.keys as u32,
+                shape.lanes as u32,
                 dims.d as u32,
                 dims.group() as u32,
                 rule,
@@ -429,7 +448,8 @@ fn launch_kernel<R: CubeRuntime>(
                     CubeDim::new_1d(dims.d as u32),
                     ArrayArg::from_raw_parts(o_part.handle, part_len(dims.d)),
                     ArrayArg::from_raw_parts(ml_part.handle, part_len(2)),
-                    ArrayArg::from_raw_parts(ql_combine, ql_n),
+                    ArrayArg::from_raw_parts(meta_combine, meta_n),
+                    meta_at(),
                     out_combine.into_tensor_arg(),
                     splits as u32,
                     dims.d as u32,
@@ -448,17 +468,15 @@ fn launch_kernel<R: CubeRuntime>(
                 k.into_tensor_arg(),
                 v.into_tensor_arg(),
                 out.into_tensor_arg(),
-                ArrayArg::from_raw_parts(ql, ql_n),
-                ArrayArg::from_raw_parts(kl, kl_n),
-                ArrayArg::from_raw_parts(li, li_n),
-                ArrayArg::from_raw_parts(co, co_n),
-                ArrayArg::from_raw_parts(ke, ke_n),
+                ArrayArg::from_raw_parts(meta, meta_n),
+                meta_at(),
                 mask,
                 spec.scale,
                 max_tiles as u32,
                 dims.d as u32,
                 dims.group() as u32,
                 rule,
+                8,
                 dtype.into(),
             )
         },

@@ -20,7 +20,7 @@ use cubecl::prelude::*;
 
 use crate::prefill_portable::NEG;
 use crate::visibility::{
-    position, sees, tile_at, tile_fully_visible, tile_range, MaskParams, RULE_BLOCKS,
+    position, sees, tile_at, tile_fully_visible, tile_range, MaskParams, MetaOffsets, RULE_BLOCKS,
 };
 
 /// Stacked query rows per cube (16 per plane).
@@ -33,6 +33,12 @@ pub const PLANES: u32 = 4;
 pub const PLANE_SIZE: u32 = 32;
 /// Threads per cube.
 pub const THREADS: u32 = PLANES * PLANE_SIZE;
+/// Row stride (f32 words) of the score buffer.
+pub const LDS: u32 = KEYS + 4;
+/// Row stride (elements) of the probability buffer.
+pub const LDP: u32 = KEYS + 8;
+/// Scores below this are hidden keys (they hold `NEG`).
+const HIDDEN: f32 = -1.0e29;
 /// How far (in natural-log units) a tile maximum may exceed a row's running maximum before O
 /// is rescaled.
 pub const RESCALE_GAP: f32 = 8.0;
@@ -44,26 +50,32 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
     k: &Tensor<Vector<F, N>>,
     v: &Tensor<Vector<F, N>>,
     out: &mut Tensor<F>,
-    q_lens: &Array<u32>,
-    kv_lens: &Array<u32>,
-    tile_lists: &Array<u32>,
-    tile_counts: &Array<u32>,
-    keep: &Array<u32>,
+    meta: &Array<u32>,
+    meta_at: MetaOffsets,
     mask: MaskParams,
     scale: f32,
     max_tiles: u32,
     #[comptime] head_dim: u32,
     #[comptime] group: u32,
     #[comptime] rule: u32,
+    #[comptime] vs: u32,
     #[define(F)] _dtype: StorageType,
 ) {
-    let vs = comptime!(N::value() as u32);
+    // `vs` is the width of `N` (elements per vector), as a comptime value for index arithmetic.
     let dvec = comptime!(head_dim / vs);
     let d_frags = comptime!(head_dim / 16);
     let t = UNIT_POS;
     let plane = UNIT_POS_Y;
-    let r = t / 2;
-    let half = t % 2;
+    // Softmax ownership: lane l of plane p holds half `l / 16` of row `16 p + l % 16`; its
+    // partner (the other half) is lane `l ^ 16`.
+    let lane = UNIT_POS_X;
+    let r = plane * 16 + lane % 16;
+    let half = lane / 16;
+    // Column order of the 32 owned columns, rotated per lane so that the 32 lanes of a plane hit
+    // 32 different shared-memory banks (row strides padded below).
+    let rot = lane % 16 + 16 * half;
+    let ldv = comptime!(head_dim / vs + 1);
+    let ldq = comptime!(head_dim + 8);
     let b = CUBE_POS_Z;
     let kvh = CUBE_POS_Y;
     let n_tiles = CUBE_COUNT_X;
@@ -73,8 +85,8 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
     let nq = q.shape(2) as u32;
     let hkv = k.shape(1) as u32;
     let nk = k.shape(2) as u32;
-    let q_len = q_lens[b as usize];
-    let kv_len = kv_lens[b as usize];
+    let q_len = meta[(meta_at.q_lens + b) as usize];
+    let kv_len = meta[(meta_at.kv_lens + b) as usize];
     let first_q = kv_len - q_len;
 
     let gm0 = qt * ROWS;
@@ -85,11 +97,13 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
     let my_qp = position(first_q + my_i, &mask);
     let i_min = gm0 / group;
 
-    let mut q_s = SharedMemory::<Vector<F, N>>::new_aligned(comptime!((ROWS * dvec) as usize), 32usize);
-    let mut k_s = SharedMemory::<Vector<F, N>>::new_aligned(comptime!((KEYS * dvec) as usize), 32usize);
-    let mut v_s = SharedMemory::<Vector<F, N>>::new_aligned(comptime!((KEYS * dvec) as usize), 32usize);
-    let mut s_s = SharedMemory::<f32>::new_aligned(comptime!((ROWS * KEYS) as usize), 32usize);
-    let mut p_s = SharedMemory::<F>::new_aligned(comptime!((ROWS * KEYS) as usize), 32usize);
+    // Row strides padded (Q/K/V by one vector, S by 4 words, P by 8 halves) against bank
+    // conflicts; every fragment start stays 32-byte aligned.
+    let mut q_s = SharedMemory::<Vector<F, N>>::new_aligned(comptime!((ROWS * (head_dim / vs + 1)) as usize), 32usize);
+    let mut k_s = SharedMemory::<Vector<F, N>>::new_aligned(comptime!((KEYS * (head_dim / vs + 1)) as usize), 32usize);
+    let mut v_s = SharedMemory::<Vector<F, N>>::new_aligned(comptime!((KEYS * (head_dim / vs + 1)) as usize), 32usize);
+    let mut s_s = SharedMemory::<f32>::new_aligned(comptime!((ROWS * LDS) as usize), 32usize);
+    let mut p_s = SharedMemory::<F>::new_aligned(comptime!((ROWS * LDP) as usize), 32usize);
     let mut flag_s = SharedMemory::<u32>::new(1usize);
 
     let mut o_acc = Sequence::<cmma::Matrix<f32>>::new();
@@ -124,7 +138,7 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
             if i < q_len {
                 x = q[(((b * hq + h) * nq + i) * dvec + idx % dvec) as usize];
             }
-            q_s[idx as usize] = x;
+            q_s[(idx / dvec * ldv + idx % dvec) as usize] = x;
             idx += THREADS;
         }
         if t == 0 {
@@ -132,7 +146,7 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
         }
         sync_cube();
 
-        let q_row0 = plane * 16 * dvec;
+        let q_row0 = plane * 16 * ldv;
         let mut q_frag = Sequence::<cmma::Matrix<F>>::new();
         #[unroll]
         for kk in 0..d_frags {
@@ -146,7 +160,7 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
                     cmma::MatrixLayout::RowMajor,
                 )
             };
-            cmma::load(&frag, &q_s.slice(start as usize, (start + 16 * dvec) as usize), head_dim);
+            cmma::load(&frag, &q_s.slice(start as usize, (start + 16 * ldv) as usize), ldq);
             q_frag.push(frag);
         }
         let b_frag = unsafe {
@@ -189,18 +203,18 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
         let range = tile_range(qs_max, qp_min, qp_max, &mask, KEYS, rule);
         let mut total = range.total;
         if comptime!(rule == RULE_BLOCKS) {
-            total = tile_counts[list_row as usize];
+            total = meta[(meta_at.counts + list_row) as usize];
         }
         let kv_base = ((b * hkv + kvh) * nk * dvec) as usize;
         let mut m_run = NEG.runtime();
         let mut sc = Array::<f32>::new(comptime!((KEYS / 2) as usize));
-        let mut seen = Array::<bool>::new(comptime!((KEYS / 2) as usize));
-        let s_row = s_row_of(r, half);
+        let s_row = (r * LDS + half * (KEYS / 2)) as usize;
+        let p_row = (r * LDP + half * (KEYS / 2)) as usize;
 
         for it in 0..total {
             let mut kt = tile_at(&range, it);
             if comptime!(rule == RULE_BLOCKS) {
-                kt = tile_lists[(list_row * max_tiles + it) as usize];
+                kt = meta[(meta_at.lists + list_row * max_tiles + it) as usize];
             }
             let k0 = kt * KEYS;
             let k1 = (k0 + KEYS).min(kv_len);
@@ -217,8 +231,9 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
                     kx = k[at];
                     vx = v[at];
                 }
-                k_s[idx as usize] = kx;
-                v_s[idx as usize] = vx;
+                let at = (idx / dvec * ldv + idx % dvec) as usize;
+                k_s[at] = kx;
+                v_s[at] = vx;
                 idx += THREADS;
             }
             sync_cube();
@@ -229,15 +244,15 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
                 cmma::fill(&s_acc, 0.0f32);
                 #[unroll]
                 for kk in 0..d_frags {
-                    let start = (j * 16 * dvec + kk * 16 / vs) as usize;
-                    cmma::load(&b_frag, &k_s.slice(start, start + (16 * dvec) as usize), head_dim);
+                    let start = (j * 16 * ldv + kk * 16 / vs) as usize;
+                    cmma::load(&b_frag, &k_s.slice(start, start + (16 * ldv) as usize), ldq);
                     cmma::execute::<F, F, f32, f32>(q_frag.index(kk as usize), &b_frag, &s_acc, &s_acc);
                 }
-                let at = (plane * 16 * KEYS + j * 16) as usize;
+                let at = (plane * 16 * LDS + j * 16) as usize;
                 cmma::store(
-                    &mut s_s.slice_mut(at, at + (16 * KEYS) as usize),
+                    &mut s_s.slice_mut(at, at + (16 * LDS) as usize),
                     &s_acc,
-                    KEYS,
+                    LDS,
                     cmma::MatrixLayout::RowMajor,
                 );
             }
@@ -246,21 +261,20 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
             let mut mx = NEG.runtime();
             #[unroll]
             for c in 0..KEYS / 2 {
-                let key = k0 + half * (KEYS / 2) + c;
+                let cc = (c + rot) % (KEYS / 2);
+                let key = k0 + half * (KEYS / 2) + cc;
                 let mut ok = full;
                 if !full {
                     ok = my_valid
                         && key < k1
-                        && sees(my_qp, position(key, &mask), b, my_h, keep, &mask, rule);
+                        && sees(my_qp, position(key, &mask), b, my_h, meta, &mask, rule);
                 }
-                let s = s_s[s_row + c as usize] * scale;
+                // Hidden keys carry NEG, which no visible score reaches.
+                let s = select(ok, s_s[s_row + cc as usize] * scale, NEG);
                 sc[c as usize] = s;
-                seen[c as usize] = ok;
-                if ok {
-                    mx = mx.max(s);
-                }
+                mx = mx.max(s);
             }
-            mx = mx.max(plane_shuffle_xor(mx, 1u32));
+            mx = mx.max(plane_shuffle_xor(mx, 16u32));
             let mut need = false;
             if m_run <= NEG {
                 m_run = mx;
@@ -285,27 +299,28 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
                 for chunk in 0..d_frags / 4 {
                     #[unroll]
                     for j in 0..4u32 {
-                        let at = (plane * 16 * KEYS + j * 16) as usize;
+                        let at = (plane * 16 * LDS + j * 16) as usize;
                         cmma::store(
-                            &mut s_s.slice_mut(at, at + (16 * KEYS) as usize),
+                            &mut s_s.slice_mut(at, at + (16 * LDS) as usize),
                             o_acc.index((chunk * 4 + j) as usize),
-                            KEYS,
+                            LDS,
                             cmma::MatrixLayout::RowMajor,
                         );
                     }
                     sync_cube();
                     #[unroll]
                     for c in 0..KEYS / 2 {
-                        s_s[s_row + c as usize] *= alpha;
+                        let cc = (c + rot) % (KEYS / 2);
+                        s_s[s_row + cc as usize] *= alpha;
                     }
                     sync_cube();
                     #[unroll]
                     for j in 0..4u32 {
-                        let at = (plane * 16 * KEYS + j * 16) as usize;
+                        let at = (plane * 16 * LDS + j * 16) as usize;
                         cmma::load_with_layout(
                             o_acc.index((chunk * 4 + j) as usize),
-                            &s_s.slice(at, at + (16 * KEYS) as usize),
-                            KEYS,
+                            &s_s.slice(at, at + (16 * LDS) as usize),
+                            LDS,
                             cmma::MatrixLayout::RowMajor,
                         );
                     }
@@ -314,31 +329,31 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
             }
             #[unroll]
             for c in 0..KEYS / 2 {
-                let mut p = 0.0f32.runtime();
-                if seen[c as usize] {
-                    p = (sc[c as usize] - m_run).exp();
-                }
+                let cc = (c + rot) % (KEYS / 2);
+                let s = sc[c as usize];
+                let p = select(s > HIDDEN, (s - m_run).exp(), 0.0f32);
                 l_run += p;
-                p_s[s_row + c as usize] = F::cast_from(p);
+                p_s[p_row + cc as usize] = F::cast_from(p);
             }
             sync_cube();
 
             // O += P V.
             #[unroll]
             for kk in 0..KEYS / 16 {
-                let pa = (plane * 16 * KEYS + kk * 16) as usize;
-                cmma::load(&p_frag, &p_s.slice(pa, pa + (16 * KEYS) as usize), KEYS);
+                let pa = (plane * 16 * LDP + kk * 16) as usize;
+                cmma::load(&p_frag, &p_s.slice(pa, pa + (16 * LDP) as usize), LDP);
                 #[unroll]
                 for dj in 0..d_frags {
-                    let start = (kk * 16 * dvec + dj * 16 / vs) as usize;
-                    cmma::load(&v_frag, &v_s.slice(start, start + (16 * dvec) as usize), head_dim);
+                    let start = (kk * 16 * ldv + dj * 16 / vs) as usize;
+                    cmma::load(&v_frag, &v_s.slice(start, start + (16 * ldv) as usize), ldq);
                     cmma::execute::<F, F, f32, f32>(&p_frag, &v_frag, o_acc.index(dj as usize), o_acc.index(dj as usize));
                 }
             }
         }
     }
 
-    let l = l_run + plane_shuffle_xor(l_run, 1u32);
+    let l = l_run + plane_shuffle_xor(l_run, 16u32);
+    let s_row = (r * LDS + half * (KEYS / 2)) as usize;
     let inv = select(l > 0.0, 1.0 / l, 0.0f32);
     let my_base = (((b * hq + my_h) * nq + my_i) * head_dim) as usize;
     #[unroll]
@@ -346,11 +361,11 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
         sync_cube();
         #[unroll]
         for j in 0..4u32 {
-            let at = (plane * 16 * KEYS + j * 16) as usize;
+            let at = (plane * 16 * LDS + j * 16) as usize;
             cmma::store(
-                &mut s_s.slice_mut(at, at + (16 * KEYS) as usize),
+                &mut s_s.slice_mut(at, at + (16 * LDS) as usize),
                 o_acc.index((chunk * 4 + j) as usize),
-                KEYS,
+                LDS,
                 cmma::MatrixLayout::RowMajor,
             );
         }
@@ -358,7 +373,7 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
         if my_i < nq {
             #[unroll]
             for c in 0..KEYS / 2 {
-                let mut o = s_s[s_row_of(r, half) + c as usize] * inv;
+                let mut o = s_s[s_row + c as usize] * inv;
                 if !my_valid {
                     o = 0.0;
                 }
@@ -366,10 +381,4 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
             }
         }
     }
-}
-
-/// Start in the score buffer of the 32 columns thread `(r, half)` owns.
-#[cube]
-fn s_row_of(r: u32, half: u32) -> usize {
-    (r * KEYS + half * (KEYS / 2)) as usize
 }

@@ -37,6 +37,21 @@ pub struct MaskParams {
     pub sel_k_blocks: u32,
     /// Query heads in the table.
     pub sel_heads: u32,
+    /// Where the keep flags start in the call's metadata array.
+    pub keep_at: u32,
+}
+
+/// Where each table starts in the one `u32` metadata array of a launch (one upload per call).
+#[derive(CubeType, CubeLaunch, Clone, Copy)]
+pub struct MetaOffsets {
+    /// Query rows per sequence.
+    pub q_lens: u32,
+    /// Stored keys per sequence.
+    pub kv_lens: u32,
+    /// Key tiles per query tile (blocks rule).
+    pub counts: u32,
+    /// Key tile lists (blocks rule).
+    pub lists: u32,
 }
 
 /// Sequence position of stored key index `s`.
@@ -81,7 +96,7 @@ pub fn sees(
             && kb < p.sel_k_blocks;
         let row = (b * p.sel_heads + h) * p.sel_q_blocks + (qb - p.sel_first_q_block);
         let idx = select(in_table, row * p.sel_k_blocks + kb, 0u32);
-        ok = ok && in_table && keep[idx as usize] != 0;
+        ok = ok && in_table && keep[(p.keep_at + idx) as usize] != 0;
     }
     ok
 }

@@ -81,7 +81,7 @@ type Cpu = burn::backend::NdArray<f32>;
 
 fn run<R: CubeRuntime, BT: BoolElement>(args: &Args, device: R::Device) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(2026);
-    for name in &args.check_dtypes {
+    for name in args.check_dtypes.iter().filter(|s| !s.is_empty()) {
         let dtype = parse_dtype(name)?;
         check_suite::<R, BT>(&device, dtype, &mut rng)?;
     }
@@ -141,7 +141,7 @@ fn cases(rng: &mut StdRng) -> Vec<Case> {
         layout: KeyLayout { kept_sink: 16, dropped: 500 },
         ..c(1, 32, 8, 2, 400, 128, w(16, 300, 0..0), false)
     });
-    for (hq, hkv, n, d, block) in [(32, 8, 800, 128, 64), (7, 1, 333, 64, 32)] {
+    for (hq, hkv, n, d, block) in [(32usize, 8usize, 800usize, 128usize, 64usize), (7, 1, 333, 64, 32)] {
         let blocks = n.div_ceil(block);
         let keep = (0..hq * blocks * blocks).map(|i| i % blocks == 0 || rng.random_bool(0.3)).collect();
         let sel = BlockSelection { block, first_q_block: 0, q_blocks: blocks, k_blocks: blocks, heads: hq, keep };
@@ -345,7 +345,7 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
         let out = kernels_cubecl::fused_attention(prim(q), prim(&k), prim(&v), &spec).expect("valid call");
         Tensor::<B<R, BT>, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(out))
     };
-    let mut record = |rows: &mut Vec<String>, op: &str, impl_: &str, secs: f64, flops: f64, bytes: f64, err: f64| {
+    let record = |rows: &mut Vec<String>, op: &str, impl_: &str, secs: f64, flops: f64, bytes: f64, err: f64| {
         let line = format!(
             "{{\"impl\":\"{impl_}\",\"op\":\"{op}\",\"n\":{n},\"ms\":{:.4},\"tflops\":{:.2},\"gbs\":{:.1},\"rel_err\":{err:.2e},\"backend\":\"{}\",\"dtype\":\"{dtype:?}\"}}",
             secs * 1e3,
@@ -404,8 +404,12 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
         let out = out.expect("ran");
         // repeat_dim tiles the heads: query head h reads K/V head h % hkv.
         let err = sampled_error(&q, &kr, &vr, &out, &samples, |h| h, |p, j| j <= p)?;
-        ensure!(err < 2e-2, "burn attention at {n}: relative error {err:e}");
-        record(rows, "prefill_full", "burn", secs, per_pair * causal_pairs, 0.0, err);
+        // burn's result is reported, not trusted: a wrong output is recorded as such.
+        let impl_ = if err < 2e-2 { "burn" } else { "burn_wrong" };
+        if err >= 2e-2 {
+            eprintln!("burn attention at {n}: WRONG OUTPUT, relative error {err:e}");
+        }
+        record(rows, "prefill_full", impl_, secs, per_pair * causal_pairs, 0.0, err);
     }
     Ok(())
 }

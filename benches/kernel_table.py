@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Merges the JSON lines of attention_kernels and torch_attention.py into RESULTS.md tables."""
+import json
+import sys
+
+rows = [json.loads(l) for path in sys.argv[1:] for l in open(path) if l.strip()]
+ns = sorted({r["n"] for r in rows})
+
+
+def get(impl, op, n, backend=None):
+    for r in rows:
+        if r["impl"] == impl and r["op"] == op and r["n"] == n and (backend is None or r["backend"] == backend):
+            return r
+    return None
+
+
+def cell(r, key):
+    if r is None:
+        return "-"
+    return f"{r['ms']:.3f} ms ({r[key]:.0f})" if key == "tflops" else f"{r['ms'] * 1000:.1f} us ({r[key] / 1000:.2f} TB/s)"
+
+
+def ratio(a, b):
+    return f"{b['ms'] / a['ms']:.2f}x" if a and b else "-"
+
+
+print("Full causal prefill, median ms (TFLOP/s, causal FLOPs)\n")
+print("| N | flux cuda | flux wgpu | torch SDPA flash | torch SDPA cuDNN | burn 0.21 attention | flux cuda vs flash | vs cuDNN |")
+print("|---|---|---|---|---|---|---|---|")
+for n in ns:
+    f = get("flux", "prefill_full", n, "cuda")
+    w = get("flux", "prefill_full", n, "wgpu")
+    fl, cu, bu = get("sdpa_flash", "prefill_full", n), get("sdpa_cudnn", "prefill_full", n), get("burn", "prefill_full", n, "cuda")
+    wrong = get("burn_wrong", "prefill_full", n, "cuda")
+    print(f"| {n} | {cell(f, 'tflops')} | {cell(w, 'tflops')} | {cell(fl, 'tflops')} | {cell(cu, 'tflops')} | {cell(bu, 'tflops') if not wrong else f"wrong output (rel err {wrong['rel_err']:.0e})"} | {ratio(f, fl)} | {ratio(f, cu)} |")
+
+print("\nSink 128 + window 2048 prefill, median ms (TFLOP/s over the visible pairs)\n")
+print("| N | flux cuda | flux wgpu | torch flex_attention | flux cuda vs flex |")
+print("|---|---|---|---|---|")
+for n in ns:
+    f, w, x = get("flux", "prefill_streaming", n, "cuda"), get("flux", "prefill_streaming", n, "wgpu"), get("flex", "prefill_streaming", n)
+    print(f"| {n} | {cell(f, 'tflops')} | {cell(w, 'tflops')} | {cell(x, 'tflops')} | {ratio(f, x)} |")
+
+print("\nDecode, one query per sequence, median us (effective TB/s of K and V read)\n")
+print("| N | flux cuda full | flux wgpu full | torch SDPA full | flux cuda sink+window | torch SDPA on a gathered sink+window cache |")
+print("|---|---|---|---|---|---|")
+for n in ns:
+    print(f"| {n} | {cell(get('flux', 'decode_full', n, 'cuda'), 'gbs')} | {cell(get('flux', 'decode_full', n, 'wgpu'), 'gbs')} | "
+          f"{cell(get('sdpa', 'decode_full', n), 'gbs')} | {cell(get('flux', 'decode_streaming', n, 'cuda'), 'gbs')} | "
+          f"{cell(get('sdpa_gathered', 'decode_streaming', n), 'gbs')} |")
