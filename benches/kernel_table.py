@@ -48,3 +48,15 @@ for n in ns:
     print(f"| {n} | {cell(get('flux', 'decode_full', n, 'cuda'), 'gbs')} | {cell(get('flux', 'decode_full', n, 'wgpu'), 'gbs')} | "
           f"{cell(get('sdpa', 'decode_full', n), 'gbs')} | {cell(get('flux', 'decode_streaming', n, 'cuda'), 'gbs')} | "
           f"{cell(get('sdpa_gathered', 'decode_streaming', n), 'gbs')} |")
+
+print("\nXAttention (block 128, stride 16, threshold 0.9) on random inputs: device scoring + selection, then block-sparse prefill\n")
+print("| N | backend | scoring + selection | block-sparse prefill (kept share of causal blocks) | full prefill (same run) |")
+print("|---|---|---|---|---|")
+for n in ns:
+    for backend in ("cuda", "wgpu"):
+        sel = get("flux", "xattention_select", n, backend)
+        pre = next((r for r in rows if r["op"].startswith("prefill_xattention") and r["n"] == n and r["backend"] == backend), None)
+        if sel is None or pre is None:
+            continue
+        density = pre["op"].rsplit("_", 1)[1]
+        print(f"| {n} | {backend} | {sel['ms']:.3f} ms | {pre['ms']:.3f} ms ({density}) | {cell(get('flux', 'prefill_full', n, backend), 'tflops')} |")

@@ -31,6 +31,38 @@ pub trait AttentionBackend: Backend {
     ) -> FloatTensor<Self> {
         unreachable!("fused_attention is only called when has_fused_attention is true")
     }
+
+    /// Whether [`AttentionBackend::fused_xattention_keep`] serves XAttention's block selection
+    /// for these shapes on `device`.
+    fn has_fused_xattention(
+        _q: &[usize],
+        _k: &[usize],
+        _dtype: DType,
+        _block: usize,
+        _stride: usize,
+        _device: &Self::Device,
+    ) -> bool {
+        false
+    }
+
+    /// XAttention's keep flags `[b, hq, q_blocks, k_blocks]` (f32, 1 = kept) on the device;
+    /// called only after [`AttentionBackend::has_fused_xattention`] said yes.
+    fn fused_xattention_keep(
+        _q: FloatTensor<Self>,
+        _k: FloatTensor<Self>,
+        _block: usize,
+        _stride: usize,
+        _threshold: f64,
+    ) -> FloatTensor<Self> {
+        unreachable!("fused_xattention_keep is only called when has_fused_xattention is true")
+    }
+}
+
+/// Query and key blocks XAttention scores for `nq` queries that end `nk` keys:
+/// `(first_q_block, q_blocks, k_blocks)` (see [`crate::xattention`]).
+pub(crate) fn xattention_blocks(nq: usize, nk: usize, block: usize, stride: usize) -> (usize, usize, usize) {
+    let first_q_block = (nk - nq) / stride * stride / block;
+    (first_q_block, (nk - 1) / block + 1 - first_q_block, nk.div_ceil(block))
 }
 
 /// ndarray runs the reference (its element types, spelled out: burn's `NdArray` bounds cannot
@@ -78,6 +110,30 @@ mod cube {
             kernels_cubecl::fused_attention(q, k, v, spec)
                 .expect("the call was checked by has_fused_attention")
         }
+
+        fn has_fused_xattention(
+            q: &[usize],
+            k: &[usize],
+            dtype: DType,
+            block: usize,
+            stride: usize,
+            device: &Self::Device,
+        ) -> bool {
+            let smem = R::client(device).properties().hardware.max_shared_memory_size;
+            kernels_cubecl::check_xattention(q, k, dtype, block, stride, smem).is_ok()
+        }
+
+        fn fused_xattention_keep(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            block: usize,
+            stride: usize,
+            threshold: f64,
+        ) -> FloatTensor<Self> {
+            let (scores, blocks) = kernels_cubecl::xattention_block_scores(q, k, block, stride)
+                .expect("the call was checked by has_fused_xattention");
+            kernels_cubecl::xattention_keep(scores, blocks, threshold as f32)
+        }
     }
 }
 
@@ -112,7 +168,67 @@ mod fusion {
         }
     }
 
+    #[derive(Clone, Debug)]
+    struct XAttentionKeepOp<B> {
+        desc: CustomOpIr,
+        block: usize,
+        stride: usize,
+        threshold: f64,
+        _backend: core::marker::PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + AttentionBackend> Operation<B::FusionRuntime> for XAttentionKeepOp<B> {
+        fn execute(
+            &self,
+            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+        ) {
+            let ([q, k], [out]) = self.desc.as_fixed();
+            let q = handles.get_float_tensor::<B>(q);
+            let k = handles.get_float_tensor::<B>(k);
+            let keep = B::fused_xattention_keep(q, k, self.block, self.stride, self.threshold);
+            handles.register_float_tensor::<B>(&out.id, keep);
+        }
+    }
+
     impl<B: FusionBackend + AttentionBackend> AttentionBackend for Fusion<B> {
+        fn has_fused_xattention(
+            q: &[usize],
+            k: &[usize],
+            dtype: DType,
+            block: usize,
+            stride: usize,
+            device: &Self::Device,
+        ) -> bool {
+            B::has_fused_xattention(q, k, dtype, block, stride, device)
+        }
+
+        fn fused_xattention_keep(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            block: usize,
+            stride: usize,
+            threshold: f64,
+        ) -> FloatTensor<Self> {
+            let client = q.client.clone();
+            let (b, hq, nq, nk) = (q.shape[0], q.shape[1], q.shape[2], k.shape[2]);
+            let (_, q_blocks, k_blocks) = super::xattention_blocks(nq, nk, block, stride);
+            let out = TensorIr::uninit(
+                client.create_empty_handle(),
+                Shape::new([b, hq, q_blocks, k_blocks]),
+                DType::F32,
+            );
+            let streams = OperationStreams::with_inputs([&q, &k]);
+            let desc = CustomOpIr::new("flux_xattention_keep", &[q.into_ir(), k.into_ir()], &[out]);
+            let op = XAttentionKeepOp::<B> {
+                desc: desc.clone(),
+                block,
+                stride,
+                threshold,
+                _backend: core::marker::PhantomData,
+            };
+            client.register(streams, OperationIr::Custom(desc), op).output()
+        }
+
         fn has_fused_attention(
             q: &[usize],
             k: &[usize],

@@ -34,7 +34,7 @@ pub use kv_cache::LayerKvCache;
 pub use mode::AttentionMode;
 pub use reference::{BlockSelection, KeyLayout, Visibility};
 
-use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorPrimitive};
 
 /// The single attention entry point of flux.
 ///
@@ -128,7 +128,7 @@ fn run<B: AttentionBackend>(
 
 /// Which keys the queries of one call see under `mode`; `prefill` when the call holds the prompt
 /// (of `prompt_len` positions).
-fn visibility<B: Backend>(
+fn visibility<B: AttentionBackend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     mode: &AttentionMode,
@@ -156,10 +156,41 @@ fn visibility<B: Backend>(
             block,
             stride,
             threshold,
-        } => {
-            let scores = xattention::block_scores(q, k, block, stride);
-            Visibility::Blocks(xattention::select_blocks(&scores, threshold))
-        }
+        } => Visibility::Blocks(xattention_selection(q, k, block, stride, threshold)),
+    }
+}
+
+/// XAttention's kept blocks: on the device where the backend has the kernels (only the keep
+/// flags come back to the host), through the reference otherwise.
+fn xattention_selection<B: AttentionBackend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    block: usize,
+    stride: usize,
+    threshold: f64,
+) -> BlockSelection {
+    if !B::has_fused_xattention(&q.dims(), &k.dims(), q.dtype(), block, stride, &q.device()) {
+        let scores = xattention::block_scores(q, k, block, stride);
+        return xattention::select_blocks(&scores, threshold);
+    }
+    let [q_prim, k_prim] = [q, k].map(|t| t.clone().into_primitive().tensor());
+    let keep = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::fused_xattention_keep(
+        q_prim, k_prim, block, stride, threshold,
+    )));
+    let (first_q_block, q_blocks, k_blocks) =
+        backend::xattention_blocks(q.dims()[2], k.dims()[2], block, stride);
+    let flags = keep
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 after convert");
+    BlockSelection {
+        block,
+        first_q_block,
+        q_blocks,
+        k_blocks,
+        heads: q.dims()[1],
+        keep: flags.iter().map(|&x| x > 0.5).collect(),
     }
 }
 

@@ -177,10 +177,15 @@ fn decode_steps_match_reference() {
 fn block_index_matches_reference() {
     let mut rng = StdRng::seed_from_u64(11);
     let mut runs = Vec::new();
-    for (c, block) in [(case(1, 4, 1, 150, 150, 64), 16), (case(3, 7, 1, 64, 64, 128), 32)] {
+    // The dense case makes whole key tiles (marked full in the tile lists, no mask).
+    for (c, block, p) in [
+        (case(1, 4, 1, 150, 150, 64), 16, 0.4),
+        (case(3, 7, 1, 64, 64, 128), 32, 0.4),
+        (case(1, 4, 2, 260, 260, 64), 64, 0.9),
+    ] {
         let blocks = c.nk.div_ceil(block);
         let keep: Vec<bool> = (0..c.b * c.hq * blocks * blocks)
-            .map(|i| i % blocks == 0 || rng.random_bool(0.4))
+            .map(|i| i % blocks == 0 || rng.random_bool(p))
             .collect();
         let selection = BlockSelection {
             block,
@@ -218,5 +223,72 @@ fn attention_entry_point_runs_fused_through_fusion() {
         .unwrap();
     let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(err < 1e-5, "max abs error {err}");
-    let _ = TensorPrimitive::<Fused>::Float; // the fused path is the only one on this backend
+    assert!(<Fused as flux_attention::AttentionBackend>::has_fused_attention(
+        &qs,
+        &ks,
+        burn::tensor::DType::F32,
+        &AttentionSpec::new(Visibility::Window { sink: 2, window: 9, dense: 0..0 }, 64),
+        &dev,
+    ));
+}
+
+#[test]
+fn xattention_scores_and_selection_match_reference() {
+    let mut rng = StdRng::seed_from_u64(5);
+    // (b, hq, hkv, nq, nk, d, block, stride): prefill, and queries that start mid-group.
+    for (b, hq, hkv, nq, nk, d, block, stride) in
+        [(1, 4, 1, 300, 300, 64, 32, 4), (2, 7, 1, 150, 301, 128, 16, 8), (1, 2, 2, 97, 97, 64, 64, 16)]
+    {
+        let (qs, ks) = ([b, hq, nq, d], [b, hkv, nk, d]);
+        let (q, k) = (random(&mut rng, b * hq * nq * d), random(&mut rng, b * hkv * nk * d));
+        let prim = |t: Tensor<Gpu, 4>| t.into_primitive().tensor();
+        let (scores, blocks) =
+            kernels_cubecl::xattention_block_scores(prim(gpu(&q, qs)), prim(gpu(&k, ks)), block, stride)
+                .expect("valid call");
+        let keep = kernels_cubecl::xattention_keep(scores.clone(), blocks, 0.9);
+        let read = |t| -> Vec<f32> {
+            Tensor::<Gpu, 4>::from_primitive(TensorPrimitive::Float(t)).into_data().to_vec().unwrap()
+        };
+        let (got_scores, got_keep) = (read(scores), read(keep));
+
+        let want = flux_attention::xattention::block_scores(&cpu(&q, qs), &cpu(&k, ks), block, stride);
+        assert_eq!(
+            (want.first_q_block, want.q_blocks, want.k_blocks),
+            (blocks.first_q_block, blocks.q_blocks, blocks.k_blocks)
+        );
+        let err = got_scores
+            .iter()
+            .zip(&want.scores)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0f64, f64::max);
+        if err >= 1e-5 { eprintln!("got {:?}\nwant {:?}", &got_scores[..blocks.k_blocks * 4], &want.scores[..blocks.k_blocks * 4]); }
+        assert!(err < 1e-5, "block scores differ by {err}");
+        let selection = flux_attention::xattention::select_blocks(&want, 0.9);
+        let kept: Vec<bool> = got_keep.iter().map(|&x| x == 1.0).collect();
+        assert!(got_keep.iter().all(|&x| x == 0.0 || x == 1.0), "keep flags are not 0/1");
+        assert_eq!(kept, selection.keep, "selection differs (b={b} nq={nq} block={block})");
+    }
+}
+
+#[test]
+fn xattention_mode_through_the_entry_point() {
+    type Fused = burn::backend::Wgpu;
+    let mut rng = StdRng::seed_from_u64(9);
+    let (qs, ks) = ([1, 4, 200, 64], [1, 2, 200, 64]);
+    let (q, k, v) = (random(&mut rng, 4 * 200 * 64), random(&mut rng, 2 * 200 * 64), random(&mut rng, 2 * 200 * 64));
+    let dev = Default::default();
+    let t = |x: &[f32], s: [usize; 4]| Tensor::<Fused, 4>::from_data(TensorData::new(x.to_vec(), s), &dev);
+    let mode = flux_attention::AttentionMode::XAttention { block: 32, stride: 4, threshold: 0.8 };
+    let got: Vec<f32> = flux_attention::attention(t(&q, qs), t(&k, ks), t(&v, ks), &mode)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let want: Vec<f32> = flux_attention::attention(cpu(&q, qs), cpu(&k, ks), cpu(&v, ks), &mode)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-5, "max abs error {err}");
 }

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Split-KV aims at this many cubes when a call has few query tiles.
-const SPLIT_TARGET_CUBES: usize = 512;
+const SPLIT_TARGET_CUBES: usize = 1024;
 
 /// Shapes of one call, checked by [`check_call`].
 #[derive(Debug, Clone, PartialEq)]
@@ -152,8 +152,12 @@ fn u32_array<R: CubeRuntime>(client: &ComputeClient<R>, data: &[u32]) -> (cubecl
     (client.create_from_slice(&bytes), data.len())
 }
 
+/// Marks a list entry whose key tile every query of the query tile sees whole (no mask).
+pub(crate) const FULL_TILE: u32 = 1 << 31;
+
 /// Per (sequence, kv head, query tile): the key tiles the blocks rule visits, as a padded list
-/// and a count. Tiles are of `rows` stacked query rows and `keys` keys.
+/// and a count. Tiles are of `rows` stacked query rows and `keys` keys. An entry carries
+/// [`FULL_TILE`] when every query of the tile sees every key of it.
 pub(crate) fn tile_lists(
     t: &BlockSelection,
     dims: &CallDims,
@@ -164,36 +168,64 @@ pub(crate) fn tile_lists(
     let g = dims.group();
     let q_tiles = (g * dims.nq).div_ceil(rows);
     let k_tiles = dims.nk.div_ceil(keys);
-    let position = |s: usize| spec.layout.position(s);
-    let stored = |p: usize| spec.layout.stored_index(p);
+    let layout = spec.layout;
     let mut lists: Vec<Vec<u32>> = Vec::with_capacity(dims.b * dims.hkv * q_tiles);
+    let (mut any, mut all) = (vec![false; k_tiles], vec![true; k_tiles]);
     for b in 0..dims.b {
         let (q_len, kv_len) = (dims.q_lens[b] as usize, dims.kv_lens[b] as usize);
         for kvh in 0..dims.hkv {
             for qt in 0..q_tiles {
-                let mut tiles = vec![false; k_tiles];
+                any.iter_mut().for_each(|x| *x = false);
+                all.iter_mut().for_each(|x| *x = true);
+                // The distinct (head, query block) pairs of the tile's rows, with the last
+                // stored query index of each.
+                let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
+                let mut qs_min = usize::MAX;
                 for gm in qt * rows..((qt + 1) * rows).min(g * dims.nq) {
                     let (i, h) = (gm / g, kvh * g + gm % g);
                     if i >= q_len {
                         continue;
                     }
                     let qs = kv_len - q_len + i;
-                    let qb = position(qs) / t.block;
-                    if qb < t.first_q_block || qb >= t.first_q_block + t.q_blocks {
-                        continue;
-                    }
-                    let row = ((b * t.heads + h) * t.q_blocks + qb - t.first_q_block) * t.k_blocks;
-                    for kb in 0..t.k_blocks.min(qb + 1) {
-                        if t.keep[row + kb] {
-                            let from = stored(kb * t.block);
-                            let to = stored((kb + 1) * t.block).min(qs + 1);
-                            if from < to {
-                                tiles[from / keys..=(to - 1) / keys].iter_mut().for_each(|x| *x = true);
-                            }
-                        }
+                    qs_min = qs_min.min(qs);
+                    let qb = layout.position(qs) / t.block;
+                    match pairs.iter_mut().find(|p| p.0 == h && p.1 == qb) {
+                        Some(p) => p.2 = p.2.max(qs),
+                        None => pairs.push((h, qb, qs)),
                     }
                 }
-                lists.push((0..k_tiles as u32).filter(|&x| tiles[x as usize]).collect());
+                for &(h, qb, qs_max) in &pairs {
+                    let in_table = qb >= t.first_q_block && qb < t.first_q_block + t.q_blocks;
+                    let row = ((b * t.heads + h) * t.q_blocks + qb.saturating_sub(t.first_q_block)) * t.k_blocks;
+                    let mut pair_any = vec![false; k_tiles];
+                    for kb in 0..t.k_blocks.min(qb + 1) {
+                        let kept = in_table && t.keep[row + kb];
+                        let from = layout.stored_index(kb * t.block);
+                        let to = layout.stored_index((kb + 1) * t.block).min(qs_max + 1).min(kv_len);
+                        if from >= to {
+                            continue;
+                        }
+                        for kt in from / keys..=(to - 1) / keys {
+                            pair_any[kt] |= kept;
+                            all[kt] &= kept;
+                        }
+                    }
+                    // Tiles this pair never reaches (past its causal end) are not whole for it.
+                    let reach = (qs_max / keys + 1).min(k_tiles);
+                    all[reach..].iter_mut().for_each(|x| *x = false);
+                    for (a, p) in any.iter_mut().zip(&pair_any) {
+                        *a |= *p;
+                    }
+                }
+                lists.push(
+                    (0..k_tiles)
+                        .filter(|&kt| any[kt])
+                        .map(|kt| {
+                            let whole = all[kt] && (kt + 1) * keys <= kv_len && (kt + 1) * keys <= qs_min + 1;
+                            kt as u32 | if whole { FULL_TILE } else { 0 }
+                        })
+                        .collect(),
+                );
             }
         }
     }
@@ -337,7 +369,7 @@ impl KernelChoice {
                     .map(|(rows, keys)| TileShape { rows, keys, lanes: threads / rows })
                     .find(|t| {
                         let smem = 4 * ((t.rows + t.keys) * (d + 1) + t.rows * (t.keys + 1) + threads);
-                        d % t.lanes == 0 && t.keys % t.lanes == 0 && smem <= smem_max
+                        d % t.lanes == 0 && t.keys % t.lanes == 0 && (t.keys * d) % threads == 0 && smem <= smem_max
                     })
             }
         }
@@ -402,7 +434,7 @@ fn launch_kernel<R: CubeRuntime>(
                 Visibility::Window { sink, window, dense } if dense.is_empty() => (sink + window) / keys + 2,
                 _ => dims.nk.div_ceil(keys),
             };
-            (SPLIT_TARGET_CUBES / cubes).clamp(1, tiles.div_ceil(4).max(1))
+            (SPLIT_TARGET_CUBES / cubes).clamp(1, tiles.max(1))
         }
         _ => 1,
     };

@@ -15,10 +15,16 @@ mod prefill_portable;
 mod spec;
 #[cfg(feature = "kernels")]
 mod visibility;
+#[cfg(feature = "kernels")]
+mod xattention;
 
 pub use error::KernelError;
 #[cfg(feature = "kernels")]
 pub use launch::{
     check_call, choose_kernel, fused_attention, fused_attention_into, CallDims, KernelChoice,
+};
+#[cfg(feature = "kernels")]
+pub use xattention::host::{
+    check_xattention, xattention_block_scores, xattention_keep, XAttentionBlocks,
 };
 pub use spec::{AttentionSpec, BlockSelection, KeyLayout, Visibility};

@@ -213,16 +213,21 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
 
         for it in 0..total {
             let mut kt = tile_at(&range, it);
+            let mut listed_full = false;
             if comptime!(rule == RULE_BLOCKS) {
-                kt = meta[(meta_at.lists + list_row * max_tiles + it) as usize];
+                let entry = meta[(meta_at.lists + list_row * max_tiles + it) as usize];
+                kt = entry & 0x7fff_ffffu32;
+                listed_full = entry >= 0x8000_0000u32;
             }
             let k0 = kt * KEYS;
             let k1 = (k0 + KEYS).min(kv_len);
-            let full = tile_fully_visible(qs_min, qp_max, k0, k1, &mask, KEYS, rule);
+            let full = listed_full || tile_fully_visible(qs_min, qp_max, k0, k1, &mask, KEYS, rule);
 
             sync_cube();
-            let mut idx = t;
-            while idx < KEYS * dvec {
+            // Unrolled so that every load of the tile is in flight before the first store.
+            #[unroll]
+            for step in 0..comptime!(KEYS * dvec / THREADS) {
+                let idx = t + step * THREADS;
                 let kk = k0 + idx / dvec;
                 let mut kx = zero;
                 let mut vx = zero;
@@ -234,7 +239,6 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
                 let at = (idx / dvec * ldv + idx % dvec) as usize;
                 k_s[at] = kx;
                 v_s[at] = vx;
-                idx += THREADS;
             }
             sync_cube();
 

@@ -135,23 +135,27 @@ pub fn flash_attention_portable<F: Float>(
 
         for it in it_lo..it_hi {
             let mut kt = tile_at(&range, it);
+            let mut listed_full = false;
             if comptime!(rule == RULE_BLOCKS) {
-                kt = meta[(meta_at.lists + list_row * max_tiles + it) as usize];
+                let entry = meta[(meta_at.lists + list_row * max_tiles + it) as usize];
+                kt = entry & 0x7fff_ffffu32;
+                listed_full = entry >= 0x8000_0000u32;
             }
             let k0 = kt * keys;
             let k1 = (k0 + keys).min(kv_len);
-            let full = tile_fully_visible(qs_min, qp_max, k0, k1, &mask, keys, rule);
+            let full = listed_full || tile_fully_visible(qs_min, qp_max, k0, k1, &mask, keys, rule);
 
             sync_cube();
-            let mut idx = t;
-            while idx < keys * head_dim {
+            // Unrolled so that every load of the tile is in flight before the first store.
+            #[unroll]
+            for step in 0..comptime!(keys * head_dim / threads) {
+                let idx = t + step * threads;
                 let kk = k0 + idx / head_dim;
                 let mut x = 0.0f32.runtime();
                 if kk < k1 {
                     x = f32::cast_from(k[kv_base + (kk * head_dim + idx % head_dim) as usize]);
                 }
                 kv_s[(idx / head_dim * ld + idx % head_dim) as usize] = x;
-                idx += threads;
             }
             sync_cube();
 
@@ -199,15 +203,16 @@ pub fn flash_attention_portable<F: Float>(
             m_run = m_new;
             sync_cube();
 
-            let mut idx = t;
-            while idx < keys * head_dim {
+            // Unrolled so that every load of the tile is in flight before the first store.
+            #[unroll]
+            for step in 0..comptime!(keys * head_dim / threads) {
+                let idx = t + step * threads;
                 let kk = k0 + idx / head_dim;
                 let mut x = 0.0f32.runtime();
                 if kk < k1 {
                     x = f32::cast_from(v[kv_base + (kk * head_dim + idx % head_dim) as usize]);
                 }
                 kv_s[(idx / head_dim * ld + idx % head_dim) as usize] = x;
-                idx += threads;
             }
             sync_cube();
 

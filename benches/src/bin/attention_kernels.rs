@@ -45,6 +45,16 @@ struct Args {
     /// Dtypes of the correctness suite (empty: skip it).
     #[arg(long, value_delimiter = ',', default_value = "f32,f16,bf16")]
     check_dtypes: Vec<String>,
+    /// XAttention block and stride (scoring, selection and block-sparse prefill are timed up
+    /// to --xattention-up-to tokens).
+    #[arg(long, default_value_t = 128)]
+    xattention_block: usize,
+    #[arg(long, default_value_t = 16)]
+    xattention_stride: usize,
+    #[arg(long, default_value_t = 0.9)]
+    xattention_threshold: f64,
+    #[arg(long, default_value_t = 32768)]
+    xattention_up_to: usize,
     /// Skip the timings (correctness suite only).
     #[arg(long)]
     check_only: bool,
@@ -238,6 +248,40 @@ fn check_suite<R: CubeRuntime, BT: BoolElement>(
         worst = worst.max(err);
     }
     println!("check {dtype:?}: all cases pass, worst relative error {worst:.2e} (limit {tol:e})");
+    check_xattention::<R, BT>(device, dtype, rng)
+}
+
+/// XAttention's block scores and selection against the reference on the same rounded inputs.
+fn check_xattention<R: CubeRuntime, BT: BoolElement>(
+    device: &R::Device,
+    dtype: DType,
+    rng: &mut StdRng,
+) -> Result<()> {
+    for (b, hq, hkv, nq, nk, d, block, stride) in
+        [(1usize, 32usize, 8usize, 1000usize, 1000usize, 128usize, 128usize, 16usize), (3, 7, 1, 300, 517, 64, 64, 8)]
+    {
+        let (qs, ks) = ([b, hq, nq, d], [b, hkv, nk, d]);
+        let make = |data: Vec<f32>, s: [usize; 4]| {
+            Tensor::<Gpu<R, BT>, 4>::from_data(TensorData::new(data, s), device).cast(dtype)
+        };
+        let q = make(random_vec(rng, qs.iter().product()), qs);
+        let k = make(random_vec(rng, ks.iter().product()), ks);
+        let cpu = |x: Vec<f32>, s: [usize; 4]| Tensor::<Cpu, 4>::from_data(TensorData::new(x, s), &Default::default());
+        let want = flux_attention::xattention::block_scores(&cpu(to_f32(q.clone()), qs), &cpu(to_f32(k.clone()), ks), block, stride);
+        let selection = flux_attention::xattention::select_blocks(&want, 0.9);
+        let prim = |t: Tensor<Gpu<R, BT>, 4>| t.into_primitive().tensor();
+        let (scores, blocks) = kernels_cubecl::xattention_block_scores(prim(q), prim(k), block, stride)?;
+        let keep = kernels_cubecl::xattention_keep(scores.clone(), blocks, 0.9);
+        let read = |t| to_f32(Tensor::<Gpu<R, BT>, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(t)));
+        let (got, kept) = (read(scores), read(keep));
+        let err = got.iter().zip(&want.scores).map(|(a, w)| (*a as f64 - w).abs()).fold(0f64, f64::max);
+        let differ = kept.iter().zip(&selection.keep).filter(|(a, w)| (**a == 1.0) != **w).count();
+        let share = differ as f64 / kept.len() as f64;
+        println!("check {dtype:?} xattention b={b} hq={hq} nq={nq} nk={nk} block={block} stride={stride}: max score error {err:.2e}, selection differs in {differ} of {} flags", kept.len());
+        ensure!(err < 1e-4, "xattention scores: error {err:e}");
+        // Flags can only flip where a block's rank or the threshold is a rounding away.
+        ensure!(share < 0.005, "xattention selection differs in {differ} flags");
+    }
     Ok(())
 }
 
@@ -391,6 +435,50 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
         ensure!(err < 2e-2, "{op} at {n}: relative error {err:e}");
         let bytes = 2.0 * (hkv * keys * d) as f64 * elem;
         record(rows, op, "flux", secs, 0.0, bytes, err);
+    }
+
+    // XAttention: block scoring + selection on the device, then block-sparse prefill.
+    if n <= args.xattention_up_to {
+        let (block, stride, thr) = (args.xattention_block, args.xattention_stride, args.xattention_threshold);
+        let prim = |t: &Tensor<B<R, BT>, 4>| t.clone().into_primitive().tensor();
+        let mut keep = None;
+        let mut blocks = None;
+        let secs = time::<B<R, BT>>(device, args.seconds, || {
+            let (scores, bl) = kernels_cubecl::xattention_block_scores(prim(&q), prim(&k), block, stride).expect("valid");
+            keep = Some(kernels_cubecl::xattention_keep(scores, bl, thr as f32));
+            blocks = Some(bl);
+        });
+        let blocks = blocks.expect("ran");
+        let flags = to_f32(Tensor::<B<R, BT>, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(keep.expect("ran"))));
+        ensure!(flags.iter().all(|&x| x == 0.0 || x == 1.0), "xattention keep flags are not 0/1");
+        let selection = BlockSelection {
+            block,
+            first_q_block: blocks.first_q_block,
+            q_blocks: blocks.q_blocks,
+            k_blocks: blocks.k_blocks,
+            heads: hq,
+            keep: flags.iter().map(|&x| x == 1.0).collect(),
+        };
+        // Estimate cost: every causal (query group, key group) pair, stride x d MACs, twice.
+        let groups = (n / stride) as f64;
+        let est_flops = 2.0 * 2.0 * (groups * (groups + 1.0) / 2.0) * (stride * d * hq) as f64;
+        record(rows, "xattention_select", "flux", secs, est_flops, 0.0, 0.0);
+        let density = selection.density();
+        let sel = selection.clone();
+        let vis = Visibility::Blocks(selection);
+        let mut out = None;
+        let secs = time::<B<R, BT>>(device, args.seconds, || out = Some(fused(&q, &vis)));
+        let out = out.expect("ran");
+        let err = samples
+            .iter()
+            .map(|&(h, i)| {
+                sampled_error(&q, &k, &v, &out, &[(h, i)], |h| h / group, |p, j| j <= p && sel.keeps(0, h, p / block, j / block))
+            })
+            .collect::<Result<Vec<f64>>>()?
+            .into_iter()
+            .fold(0f64, f64::max);
+        ensure!(err < 2e-2, "block-sparse prefill at {n}: relative error {err:e}");
+        record(rows, &format!("prefill_xattention_density_{density:.2}"), "flux", secs, per_pair * causal_pairs * density, 0.0, err);
     }
 
     // burn 0.21's fused attention (K/V repeated to every query head: it has no GQA).
