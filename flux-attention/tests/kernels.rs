@@ -200,17 +200,16 @@ fn block_index_matches_reference() {
     run_all(runs);
 }
 
-#[test]
-fn attention_entry_point_runs_fused_through_fusion() {
-    // burn's `Wgpu` is Fusion<CubeBackend>: the fused op goes through a custom fusion op.
+/// `flux_attention::attention` on burn's `Wgpu` (Fusion over CubeBackend: the fused ops run as
+/// custom fusion operations) against the same call on ndarray (the reference).
+fn entry_point_matches_reference(seed: u64, c: Case, mode: flux_attention::AttentionMode) {
     type Fused = burn::backend::Wgpu;
-    let mut rng = StdRng::seed_from_u64(3);
-    let c = case(1, 4, 2, 37, 37, 64);
+    let mut rng = StdRng::seed_from_u64(seed);
     let (qs, ks) = ([c.b, c.hq, c.nq, c.d], [c.b, c.hkv, c.nk, c.d]);
-    let (q, k, v) = (random(&mut rng, 4 * 37 * 64), random(&mut rng, 2 * 37 * 64), random(&mut rng, 2 * 37 * 64));
+    let q = random(&mut rng, qs.iter().product());
+    let (k, v) = (random(&mut rng, ks.iter().product()), random(&mut rng, ks.iter().product()));
     let dev = Default::default();
     let t = |x: &[f32], s: [usize; 4]| Tensor::<Fused, 4>::from_data(TensorData::new(x.to_vec(), s), &dev);
-    let mode = flux_attention::AttentionMode::Streaming { sink: 2, window: 9 };
     let got: Vec<f32> = flux_attention::attention(t(&q, qs), t(&k, ks), t(&v, ks), &mode)
         .unwrap()
         .into_data()
@@ -222,14 +221,20 @@ fn attention_entry_point_runs_fused_through_fusion() {
         .to_vec()
         .unwrap();
     let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(err < 1e-5, "max abs error {err}");
-    assert!(<Fused as flux_attention::AttentionBackend>::has_fused_attention(
-        &qs,
-        &ks,
+    assert!(err < 1e-5, "{mode:?}: max abs error {err}");
+}
+
+#[test]
+fn attention_entry_point_runs_fused_through_fusion() {
+    let (c, window) = (case(1, 4, 2, 37, 37, 64), Visibility::Window { sink: 2, window: 9, dense: 0..0 });
+    assert!(<burn::backend::Wgpu as flux_attention::AttentionBackend>::has_fused_attention(
+        &[c.b, c.hq, c.nq, c.d],
+        &[c.b, c.hkv, c.nk, c.d],
         burn::tensor::DType::F32,
-        &AttentionSpec::new(Visibility::Window { sink: 2, window: 9, dense: 0..0 }, 64),
-        &dev,
+        &AttentionSpec::new(window, c.d),
+        &Default::default(),
     ));
+    entry_point_matches_reference(3, c, flux_attention::AttentionMode::Streaming { sink: 2, window: 9 });
 }
 
 #[test]
@@ -272,23 +277,6 @@ fn xattention_scores_and_selection_match_reference() {
 
 #[test]
 fn xattention_mode_through_the_entry_point() {
-    type Fused = burn::backend::Wgpu;
-    let mut rng = StdRng::seed_from_u64(9);
-    let (qs, ks) = ([1, 4, 200, 64], [1, 2, 200, 64]);
-    let (q, k, v) = (random(&mut rng, 4 * 200 * 64), random(&mut rng, 2 * 200 * 64), random(&mut rng, 2 * 200 * 64));
-    let dev = Default::default();
-    let t = |x: &[f32], s: [usize; 4]| Tensor::<Fused, 4>::from_data(TensorData::new(x.to_vec(), s), &dev);
     let mode = flux_attention::AttentionMode::XAttention { block: 32, stride: 4, threshold: 0.8 };
-    let got: Vec<f32> = flux_attention::attention(t(&q, qs), t(&k, ks), t(&v, ks), &mode)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
-    let want: Vec<f32> = flux_attention::attention(cpu(&q, qs), cpu(&k, ks), cpu(&v, ks), &mode)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
-    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(err < 1e-5, "max abs error {err}");
+    entry_point_matches_reference(9, case(1, 4, 2, 200, 200, 64), mode);
 }

@@ -146,17 +146,7 @@ pub fn flash_attention_portable<F: Float>(
             let full = listed_full || tile_fully_visible(qs_min, qp_max, k0, k1, &mask, keys, rule);
 
             sync_cube();
-            // Unrolled so that every load of the tile is in flight before the first store.
-            #[unroll]
-            for step in 0..comptime!(keys * head_dim / threads) {
-                let idx = t + step * threads;
-                let kk = k0 + idx / head_dim;
-                let mut x = 0.0f32.runtime();
-                if kk < k1 {
-                    x = f32::cast_from(k[kv_base + (kk * head_dim + idx % head_dim) as usize]);
-                }
-                kv_s[(idx / head_dim * ld + idx % head_dim) as usize] = x;
-            }
+            load_tile(k, &mut kv_s, kv_base, k0, k1, t, keys, head_dim, threads);
             sync_cube();
 
             let mut mx = NEG.runtime();
@@ -203,17 +193,7 @@ pub fn flash_attention_portable<F: Float>(
             m_run = m_new;
             sync_cube();
 
-            // Unrolled so that every load of the tile is in flight before the first store.
-            #[unroll]
-            for step in 0..comptime!(keys * head_dim / threads) {
-                let idx = t + step * threads;
-                let kk = k0 + idx / head_dim;
-                let mut x = 0.0f32.runtime();
-                if kk < k1 {
-                    x = f32::cast_from(v[kv_base + (kk * head_dim + idx % head_dim) as usize]);
-                }
-                kv_s[(idx / head_dim * ld + idx % head_dim) as usize] = x;
-            }
+            load_tile(v, &mut kv_s, kv_base, k0, k1, t, keys, head_dim, threads);
             sync_cube();
 
             #[unroll]
@@ -269,6 +249,34 @@ pub fn flash_attention_portable<F: Float>(
                 out[my_base + c as usize] = F::cast_from(o);
             }
         }
+    }
+}
+
+/// Stages keys `[k0, k1)` of one KV head (rows of `head_dim` from `kv_base`) as f32 in `dst`
+/// (row stride `head_dim + 1`), zeros past `k1`. Unrolled so that every load of the tile is in
+/// flight before the first store.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_tile<F: Float>(
+    src: &Tensor<F>,
+    dst: &mut SharedMemory<f32>,
+    kv_base: usize,
+    k0: u32,
+    k1: u32,
+    t: u32,
+    #[comptime] keys: u32,
+    #[comptime] head_dim: u32,
+    #[comptime] threads: u32,
+) {
+    #[unroll]
+    for step in 0..comptime!(keys * head_dim / threads) {
+        let idx = t + step * threads;
+        let kk = k0 + idx / head_dim;
+        let mut x = 0.0f32.runtime();
+        if kk < k1 {
+            x = f32::cast_from(src[kv_base + (kk * head_dim + idx % head_dim) as usize]);
+        }
+        dst[(idx / head_dim * (head_dim + 1) + idx % head_dim) as usize] = x;
     }
 }
 
