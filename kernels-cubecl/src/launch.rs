@@ -303,7 +303,7 @@ pub fn choose_kernel<R: CubeRuntime>(
         KernelChoice::Portable
     };
     let smem_max = client.properties().hardware.max_shared_memory_size;
-    if choice.shape(dims, smem_max).is_none() {
+    if choice.shape(dims, dtype.size(), smem_max).is_none() {
         return Err(tensor_err(
             "q",
             format!("head_dim {} needs more shared memory than the device's {smem_max} B", dims.d),
@@ -345,11 +345,13 @@ struct TileShape {
     rows: usize,
     keys: usize,
     lanes: usize,
+    /// Elements per vector load of Q, K and V.
+    vector: usize,
 }
 
 impl KernelChoice {
     /// The tile shape for a call, or `None` when even the smallest does not fit `smem_max`.
-    fn shape(self, dims: &CallDims, smem_max: usize) -> Option<TileShape> {
+    fn shape(self, dims: &CallDims, elem_size: usize, smem_max: usize) -> Option<TileShape> {
         let d = dims.d;
         match self {
             KernelChoice::Cmma => {
@@ -357,7 +359,7 @@ impl KernelChoice {
                 // Q, K, V tiles and P in 16 bits, S in f32 (padded strides).
                 let (ld, ls, lp) = (d + 8, keys + 4, keys + 8);
                 let smem = 2 * (rows * ld + 2 * keys * ld + rows * lp) + 4 * rows * ls + 64;
-                (smem <= smem_max).then_some(TileShape { rows, keys, lanes: 0 })
+                (smem <= smem_max).then_some(TileShape { rows, keys, lanes: 0, vector: 8 })
             }
             KernelChoice::Portable => {
                 // Decode-sized calls (few stacked rows) give each row more threads.
@@ -366,10 +368,18 @@ impl KernelChoice {
                 [(4, 64), (8, 64), (16, 32)]
                     .into_iter()
                     .filter(|&(rows, _)| stacked <= rows || rows == 16)
-                    .map(|(rows, keys)| TileShape { rows, keys, lanes: threads / rows })
+                    .map(|(rows, keys)| TileShape { rows, keys, lanes: threads / rows, vector: 1 })
                     .find(|t| {
                         let smem = 4 * ((t.rows + t.keys) * (d + 1) + t.rows * (t.keys + 1) + threads);
                         d % t.lanes == 0 && t.keys % t.lanes == 0 && (t.keys * d) % threads == 0 && smem <= smem_max
+                    })
+                    .map(|mut t| {
+                        // 16-byte vectors where the tile divides evenly, else scalars.
+                        t.vector = [16 / elem_size, 4, 2, 1]
+                            .into_iter()
+                            .find(|&vs| d % vs == 0 && (t.keys * d / vs) % threads == 0)
+                            .unwrap_or(1);
+                        t
                     })
             }
         }
@@ -389,7 +399,7 @@ fn launch_kernel<R: CubeRuntime>(
     let client = q.client.clone();
     let dtype = q.dtype;
     let smem_max = client.properties().hardware.max_shared_memory_size;
-    let shape = choice.shape(dims, smem_max).expect("checked by choose_kernel");
+    let shape = choice.shape(dims, q.dtype.size(), smem_max).expect("checked by choose_kernel");
     let (rows, keys) = (shape.rows, shape.keys);
     let (rule, sink, window, dense) = match &spec.visibility {
         Visibility::Causal => (RULE_CAUSAL, 0, 1, 0..0),
@@ -452,6 +462,7 @@ fn launch_kernel<R: CubeRuntime>(
                 &client,
                 count,
                 CubeDim::new_1d(prefill_portable::THREADS),
+                shape.vector,
                 q.into_tensor_arg(),
                 k.into_tensor_arg(),
                 v.into_tensor_arg(),
@@ -471,6 +482,7 @@ fn launch_kernel<R: CubeRuntime>(
                 dims.group() as u32,
                 rule,
                 splits > 1,
+                shape.vector as u32,
                 dtype.into(),
             );
             if splits > 1 {

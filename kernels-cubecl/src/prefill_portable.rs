@@ -27,10 +27,10 @@ pub const NEG: f32 = -1.0e30;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn flash_attention_portable<F: Float>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
+pub fn flash_attention_portable<F: Float, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
     out: &mut Tensor<F>,
     o_part: &mut Array<f32>,
     ml_part: &mut Array<f32>,
@@ -47,6 +47,7 @@ pub fn flash_attention_portable<F: Float>(
     #[comptime] group: u32,
     #[comptime] rule: u32,
     #[comptime] split: bool,
+    #[comptime] vs: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     let d = head_dim as usize;
@@ -105,17 +106,27 @@ pub fn flash_attention_portable<F: Float>(
         let qp_max = position(qs_max, &mask);
 
         // Queries, pre-scaled.
+        // Queries, pre-scaled, read as vectors of `vs` elements.
+        let dvec = comptime!(head_dim / vs);
         let mut idx = t;
-        while idx < rows * head_dim {
-            let gm = gm0 + idx / head_dim;
+        while idx < rows * dvec {
+            let gm = gm0 + idx / dvec;
             let i = gm / group;
             let h = kvh * group + gm % group;
-            let c = idx % head_dim;
-            let mut x = 0.0f32.runtime();
+            let cv = idx % dvec;
+            let at = (idx / dvec * ld + cv * vs) as usize;
             if i < q_len {
-                x = f32::cast_from(q[(((b * hq + h) * nq + i) * head_dim + c) as usize]) * scale;
+                let x = q[(((b * hq + h) * nq + i) * dvec + cv) as usize];
+                #[unroll]
+                for e in 0..vs {
+                    q_s[at + e as usize] = f32::cast_from(x[e as usize]) * scale;
+                }
+            } else {
+                #[unroll]
+                for e in 0..vs {
+                    q_s[at + e as usize] = 0.0;
+                }
             }
-            q_s[(idx / head_dim * ld + c) as usize] = x;
             idx += threads;
         }
 
@@ -129,7 +140,7 @@ pub fn flash_attention_portable<F: Float>(
         let per_split = total.div_ceil(n_splits);
         let it_lo = (split_id * per_split).min(total);
         let it_hi = (it_lo + per_split).min(total);
-        let kv_base = ((b * hkv + kvh) * nk) as usize * d;
+        let kv_base = ((b * hkv + kvh) * nk * (head_dim / vs)) as usize;
         let mut sc = Array::<f32>::new(comptime!((keys / lanes) as usize));
         let mut seen = Array::<bool>::new(comptime!((keys / lanes) as usize));
 
@@ -146,7 +157,7 @@ pub fn flash_attention_portable<F: Float>(
             let full = listed_full || tile_fully_visible(qs_min, qp_max, k0, k1, &mask, keys, rule);
 
             sync_cube();
-            load_tile(k, &mut kv_s, kv_base, k0, k1, t, keys, head_dim, threads);
+            load_tile(k, &mut kv_s, kv_base, k0, k1, t, keys, head_dim, threads, vs);
             sync_cube();
 
             let mut mx = NEG.runtime();
@@ -193,7 +204,7 @@ pub fn flash_attention_portable<F: Float>(
             m_run = m_new;
             sync_cube();
 
-            load_tile(v, &mut kv_s, kv_base, k0, k1, t, keys, head_dim, threads);
+            load_tile(v, &mut kv_s, kv_base, k0, k1, t, keys, head_dim, threads, vs);
             sync_cube();
 
             #[unroll]
@@ -252,13 +263,13 @@ pub fn flash_attention_portable<F: Float>(
     }
 }
 
-/// Stages keys `[k0, k1)` of one KV head (rows of `head_dim` from `kv_base`) as f32 in `dst`
-/// (row stride `head_dim + 1`), zeros past `k1`. Unrolled so that every load of the tile is in
-/// flight before the first store.
+/// Stages keys `[k0, k1)` of one KV head (rows of `head_dim / vs` vectors from `kv_base`, in
+/// vectors) as f32 in `dst` (row stride `head_dim + 1`), zeros past `k1`. Unrolled so that every
+/// load of the tile is in flight before the first store.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_tile<F: Float>(
-    src: &Tensor<F>,
+fn load_tile<F: Float, N: Size>(
+    src: &Tensor<Vector<F, N>>,
     dst: &mut SharedMemory<f32>,
     kv_base: usize,
     k0: u32,
@@ -267,16 +278,27 @@ fn load_tile<F: Float>(
     #[comptime] keys: u32,
     #[comptime] head_dim: u32,
     #[comptime] threads: u32,
+    #[comptime] vs: u32,
 ) {
+    let dvec = comptime!(head_dim / vs);
     #[unroll]
-    for step in 0..comptime!(keys * head_dim / threads) {
+    for step in 0..comptime!(keys * (head_dim / vs) / threads) {
         let idx = t + step * threads;
-        let kk = k0 + idx / head_dim;
-        let mut x = 0.0f32.runtime();
+        let kk = k0 + idx / dvec;
+        let cv = idx % dvec;
+        let at = (idx / dvec * (head_dim + 1) + cv * vs) as usize;
         if kk < k1 {
-            x = f32::cast_from(src[kv_base + (kk * head_dim + idx % head_dim) as usize]);
+            let x = src[kv_base + (kk * dvec + cv) as usize];
+            #[unroll]
+            for e in 0..vs {
+                dst[at + e as usize] = f32::cast_from(x[e as usize]);
+            }
+        } else {
+            #[unroll]
+            for e in 0..vs {
+                dst[at + e as usize] = 0.0;
+            }
         }
-        dst[(idx / head_dim * (head_dim + 1) + idx % head_dim) as usize] = x;
     }
 }
 
