@@ -3,7 +3,20 @@
 //! [`fused_attention`] takes burn-cubecl tensors and an [`AttentionSpec`] (which keys each query
 //! sees, padding, eviction gap) and picks a kernel: a flash-style kernel on the matrix units
 //! where the device has them, a plain-arithmetic one everywhere else. Every kernel is tested
-//! against `flux_attention::reference`.
+//! against `flux_attention::reference`. The launch code needs the `kernels` feature; the call
+//! description below is always there.
+//!
+//! ```
+//! use kernels_cubecl::{AttentionSpec, KeyLayout, Visibility};
+//!
+//! // Triangle attention, head_dim 128: sink 4 + window 128, the last 64 of 1024 prompt
+//! // positions dense; a cache that kept 4 sink keys and evicted 100 positions after them.
+//! let mut spec = AttentionSpec::new(Visibility::Window { sink: 4, window: 128, dense: 960..1024 }, 128);
+//! spec.layout = KeyLayout { kept_sink: 4, dropped: 100 };
+//! assert_eq!(spec.layout.position(10), 110);
+//! assert_eq!(spec.layout.stored_range(0, 200), 0..100);
+//! assert!((spec.scale - 1.0 / 128f32.sqrt()).abs() < 1e-7);
+//! ```
 
 mod error;
 #[cfg(feature = "kernels")]
