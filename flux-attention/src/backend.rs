@@ -60,9 +60,18 @@ pub trait AttentionBackend: Backend {
 
 /// Query and key blocks XAttention scores for `nq` queries that end `nk` keys:
 /// `(first_q_block, q_blocks, k_blocks)` (see [`crate::xattention`]).
-pub(crate) fn xattention_blocks(nq: usize, nk: usize, block: usize, stride: usize) -> (usize, usize, usize) {
+pub(crate) fn xattention_blocks(
+    nq: usize,
+    nk: usize,
+    block: usize,
+    stride: usize,
+) -> (usize, usize, usize) {
     let first_q_block = (nk - nq) / stride * stride / block;
-    (first_q_block, (nk - 1) / block + 1 - first_q_block, nk.div_ceil(block))
+    (
+        first_q_block,
+        (nk - 1) / block + 1 - first_q_block,
+        nk.div_ceil(block),
+    )
 }
 
 /// ndarray runs the reference (its element types, spelled out: burn's `NdArray` bounds cannot
@@ -119,7 +128,10 @@ mod cube {
             stride: usize,
             device: &Self::Device,
         ) -> bool {
-            let smem = R::client(device).properties().hardware.max_shared_memory_size;
+            let smem = R::client(device)
+                .properties()
+                .hardware
+                .max_shared_memory_size;
             kernels_cubecl::check_xattention(q, k, dtype, block, stride, smem).is_ok()
         }
 
@@ -226,7 +238,9 @@ mod fusion {
                 threshold,
                 _backend: core::marker::PhantomData,
             };
-            client.register(streams, OperationIr::Custom(desc), op).output()
+            client
+                .register(streams, OperationIr::Custom(desc), op)
+                .output()
         }
 
         fn has_fused_attention(
@@ -246,7 +260,11 @@ mod fusion {
             spec: &AttentionSpec,
         ) -> FloatTensor<Self> {
             let client = q.client.clone();
-            let out = TensorIr::uninit(client.create_empty_handle(), Shape::from(q.shape.clone()), q.dtype);
+            let out = TensorIr::uninit(
+                client.create_empty_handle(),
+                Shape::from(q.shape.clone()),
+                q.dtype,
+            );
             let streams = OperationStreams::with_inputs([&q, &k, &v]);
             let desc = CustomOpIr::new(
                 "flux_fused_attention",
@@ -258,7 +276,9 @@ mod fusion {
                 spec: spec.clone(),
                 _backend: core::marker::PhantomData,
             };
-            client.register(streams, OperationIr::Custom(desc), op).output()
+            client
+                .register(streams, OperationIr::Custom(desc), op)
+                .output()
         }
     }
 }

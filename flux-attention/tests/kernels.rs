@@ -70,7 +70,10 @@ fn check(run: &Run, rng: &mut StdRng) -> f64 {
         for hi in 0..c.hq {
             for i in ql..c.nq {
                 let row = &got[((bi * c.hq + hi) * c.nq + i) * c.d..][..c.d];
-                assert!(row.iter().all(|&x| x == 0.0), "padding row {i} of sequence {bi} is {row:?}");
+                assert!(
+                    row.iter().all(|&x| x == 0.0),
+                    "padding row {i} of sequence {bi} is {row:?}"
+                );
             }
         }
         if ql == 0 {
@@ -78,7 +81,9 @@ fn check(run: &Run, rng: &mut StdRng) -> f64 {
         }
         // The reference's queries are the first `ql` rows, its keys the first `kl`.
         let q1 = slice(&q, qs, bi, c.nq);
-        let q1: Vec<f32> = (0..c.hq).flat_map(|h| q1[h * c.nq * c.d..][..ql * c.d].to_vec()).collect();
+        let q1: Vec<f32> = (0..c.hq)
+            .flat_map(|h| q1[h * c.nq * c.d..][..ql * c.d].to_vec())
+            .collect();
         let visibility = match &spec.visibility {
             Visibility::Blocks(s) => {
                 let per = s.heads * s.q_blocks * s.k_blocks;
@@ -109,7 +114,13 @@ fn check(run: &Run, rng: &mut StdRng) -> f64 {
     worst
 }
 
-fn lens(rng: &mut StdRng, b: usize, nq: usize, nk: usize, padded: bool) -> (Vec<usize>, Vec<usize>) {
+fn lens(
+    rng: &mut StdRng,
+    b: usize,
+    nq: usize,
+    nk: usize,
+    padded: bool,
+) -> (Vec<usize>, Vec<usize>) {
     (0..b)
         .map(|i| {
             if !padded || i == 0 {
@@ -128,14 +139,30 @@ fn run_all(runs: Vec<(Case, Visibility, KeyLayout, bool)>) {
         let (q_lens, kv_lens) = lens(&mut rng, case.b, case.nq, case.nk, padded);
         let mut spec = AttentionSpec::new(visibility, case.d);
         spec.layout = layout;
-        let run = Run { case, spec, q_lens, kv_lens };
+        let run = Run {
+            case,
+            spec,
+            q_lens,
+            kv_lens,
+        };
         let err = check(&run, &mut rng);
-        assert!(err < 1e-4, "{case:?} {:?}: relative error {err:e}", run.spec.visibility);
+        assert!(
+            err < 1e-4,
+            "{case:?} {:?}: relative error {err:e}",
+            run.spec.visibility
+        );
     }
 }
 
 fn case(b: usize, hq: usize, hkv: usize, nq: usize, nk: usize, d: usize) -> Case {
-    Case { b, hq, hkv, nq, nk, d }
+    Case {
+        b,
+        hq,
+        hkv,
+        nq,
+        nk,
+        d,
+    }
 }
 
 #[test]
@@ -152,14 +179,36 @@ fn causal_prefill_matches_reference() {
 #[test]
 fn sink_window_and_triangle_match_reference() {
     let none = KeyLayout::default();
-    let window = |sink, window, dense| Visibility::Window { sink, window, dense };
+    let window = |sink, window, dense| Visibility::Window {
+        sink,
+        window,
+        dense,
+    };
     run_all(vec![
-        (case(1, 4, 1, 201, 201, 64), window(5, 40, 0..0), none, false),
+        (
+            case(1, 4, 1, 201, 201, 64),
+            window(5, 40, 0..0),
+            none,
+            false,
+        ),
         (case(3, 7, 1, 90, 90, 128), window(3, 17, 0..0), none, true),
-        (case(1, 4, 4, 150, 150, 64), window(4, 33, 120..150), none, false),
+        (
+            case(1, 4, 4, 150, 150, 64),
+            window(4, 33, 120..150),
+            none,
+            false,
+        ),
         (case(1, 4, 1, 70, 70, 64), window(0, 1, 0..0), none, false),
         // An evicted cache: 5 sink keys kept, 60 positions dropped.
-        (case(1, 4, 1, 3, 50, 64), window(5, 40, 0..0), KeyLayout { kept_sink: 5, dropped: 60 }, false),
+        (
+            case(1, 4, 1, 3, 50, 64),
+            window(5, 40, 0..0),
+            KeyLayout {
+                kept_sink: 5,
+                dropped: 60,
+            },
+            false,
+        ),
     ]);
 }
 
@@ -169,7 +218,16 @@ fn decode_steps_match_reference() {
     run_all(vec![
         (case(1, 4, 1, 1, 300, 64), Visibility::Causal, none, false),
         (case(3, 7, 1, 3, 120, 128), Visibility::Causal, none, true),
-        (case(1, 4, 4, 2, 257, 64), Visibility::Window { sink: 4, window: 64, dense: 0..0 }, none, false),
+        (
+            case(1, 4, 4, 2, 257, 64),
+            Visibility::Window {
+                sink: 4,
+                window: 64,
+                dense: 0..0,
+            },
+            none,
+            false,
+        ),
     ]);
 }
 
@@ -195,7 +253,12 @@ fn block_index_matches_reference() {
             heads: c.hq,
             keep,
         };
-        runs.push((c, Visibility::Blocks(selection), KeyLayout::default(), false));
+        runs.push((
+            c,
+            Visibility::Blocks(selection),
+            KeyLayout::default(),
+            false,
+        ));
     }
     run_all(runs);
 }
@@ -207,9 +270,14 @@ fn entry_point_matches_reference(seed: u64, c: Case, mode: flux_attention::Atten
     let mut rng = StdRng::seed_from_u64(seed);
     let (qs, ks) = ([c.b, c.hq, c.nq, c.d], [c.b, c.hkv, c.nk, c.d]);
     let q = random(&mut rng, qs.iter().product());
-    let (k, v) = (random(&mut rng, ks.iter().product()), random(&mut rng, ks.iter().product()));
+    let (k, v) = (
+        random(&mut rng, ks.iter().product()),
+        random(&mut rng, ks.iter().product()),
+    );
     let dev = Default::default();
-    let t = |x: &[f32], s: [usize; 4]| Tensor::<Fused, 4>::from_data(TensorData::new(x.to_vec(), s), &dev);
+    let t = |x: &[f32], s: [usize; 4]| {
+        Tensor::<Fused, 4>::from_data(TensorData::new(x.to_vec(), s), &dev)
+    };
     let got: Vec<f32> = flux_attention::attention(t(&q, qs), t(&k, ks), t(&v, ks), &mode)
         .unwrap()
         .into_data()
@@ -220,43 +288,73 @@ fn entry_point_matches_reference(seed: u64, c: Case, mode: flux_attention::Atten
         .into_data()
         .to_vec()
         .unwrap();
-    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(err < 1e-5, "{mode:?}: max abs error {err}");
 }
 
 #[test]
 fn attention_entry_point_runs_fused_through_fusion() {
-    let (c, window) = (case(1, 4, 2, 37, 37, 64), Visibility::Window { sink: 2, window: 9, dense: 0..0 });
-    assert!(<burn::backend::Wgpu as flux_attention::AttentionBackend>::has_fused_attention(
-        &[c.b, c.hq, c.nq, c.d],
-        &[c.b, c.hkv, c.nk, c.d],
-        burn::tensor::DType::F32,
-        &AttentionSpec::new(window, c.d),
-        &Default::default(),
-    ));
-    entry_point_matches_reference(3, c, flux_attention::AttentionMode::Streaming { sink: 2, window: 9 });
+    let (c, window) = (
+        case(1, 4, 2, 37, 37, 64),
+        Visibility::Window {
+            sink: 2,
+            window: 9,
+            dense: 0..0,
+        },
+    );
+    assert!(
+        <burn::backend::Wgpu as flux_attention::AttentionBackend>::has_fused_attention(
+            &[c.b, c.hq, c.nq, c.d],
+            &[c.b, c.hkv, c.nk, c.d],
+            burn::tensor::DType::F32,
+            &AttentionSpec::new(window, c.d),
+            &Default::default(),
+        )
+    );
+    entry_point_matches_reference(
+        3,
+        c,
+        flux_attention::AttentionMode::Streaming { sink: 2, window: 9 },
+    );
 }
 
 #[test]
 fn xattention_scores_and_selection_match_reference() {
     let mut rng = StdRng::seed_from_u64(5);
     // (b, hq, hkv, nq, nk, d, block, stride): prefill, and queries that start mid-group.
-    for (b, hq, hkv, nq, nk, d, block, stride) in
-        [(1, 4, 1, 300, 300, 64, 32, 4), (2, 7, 1, 150, 301, 128, 16, 8), (1, 2, 2, 97, 97, 64, 64, 16)]
-    {
+    for (b, hq, hkv, nq, nk, d, block, stride) in [
+        (1, 4, 1, 300, 300, 64, 32, 4),
+        (2, 7, 1, 150, 301, 128, 16, 8),
+        (1, 2, 2, 97, 97, 64, 64, 16),
+    ] {
         let (qs, ks) = ([b, hq, nq, d], [b, hkv, nk, d]);
-        let (q, k) = (random(&mut rng, b * hq * nq * d), random(&mut rng, b * hkv * nk * d));
+        let (q, k) = (
+            random(&mut rng, b * hq * nq * d),
+            random(&mut rng, b * hkv * nk * d),
+        );
         let prim = |t: Tensor<Gpu, 4>| t.into_primitive().tensor();
-        let (scores, blocks) =
-            kernels_cubecl::xattention_block_scores(prim(gpu(&q, qs)), prim(gpu(&k, ks)), block, stride)
-                .expect("valid call");
+        let (scores, blocks) = kernels_cubecl::xattention_block_scores(
+            prim(gpu(&q, qs)),
+            prim(gpu(&k, ks)),
+            block,
+            stride,
+        )
+        .expect("valid call");
         let keep = kernels_cubecl::xattention_keep(scores.clone(), blocks, 0.9);
         let read = |t| -> Vec<f32> {
-            Tensor::<Gpu, 4>::from_primitive(TensorPrimitive::Float(t)).into_data().to_vec().unwrap()
+            Tensor::<Gpu, 4>::from_primitive(TensorPrimitive::Float(t))
+                .into_data()
+                .to_vec()
+                .unwrap()
         };
         let (got_scores, got_keep) = (read(scores), read(keep));
 
-        let want = flux_attention::xattention::block_scores(&cpu(&q, qs), &cpu(&k, ks), block, stride);
+        let want =
+            flux_attention::xattention::block_scores(&cpu(&q, qs), &cpu(&k, ks), block, stride);
         assert_eq!(
             (want.first_q_block, want.q_blocks, want.k_blocks),
             (blocks.first_q_block, blocks.q_blocks, blocks.k_blocks)
@@ -266,17 +364,33 @@ fn xattention_scores_and_selection_match_reference() {
             .zip(&want.scores)
             .map(|(a, b)| (*a as f64 - b).abs())
             .fold(0f64, f64::max);
-        if err >= 1e-5 { eprintln!("got {:?}\nwant {:?}", &got_scores[..blocks.k_blocks * 4], &want.scores[..blocks.k_blocks * 4]); }
+        if err >= 1e-5 {
+            eprintln!(
+                "got {:?}\nwant {:?}",
+                &got_scores[..blocks.k_blocks * 4],
+                &want.scores[..blocks.k_blocks * 4]
+            );
+        }
         assert!(err < 1e-5, "block scores differ by {err}");
         let selection = flux_attention::xattention::select_blocks(&want, 0.9);
         let kept: Vec<bool> = got_keep.iter().map(|&x| x == 1.0).collect();
-        assert!(got_keep.iter().all(|&x| x == 0.0 || x == 1.0), "keep flags are not 0/1");
-        assert_eq!(kept, selection.keep, "selection differs (b={b} nq={nq} block={block})");
+        assert!(
+            got_keep.iter().all(|&x| x == 0.0 || x == 1.0),
+            "keep flags are not 0/1"
+        );
+        assert_eq!(
+            kept, selection.keep,
+            "selection differs (b={b} nq={nq} block={block})"
+        );
     }
 }
 
 #[test]
 fn xattention_mode_through_the_entry_point() {
-    let mode = flux_attention::AttentionMode::XAttention { block: 32, stride: 4, threshold: 0.8 };
+    let mode = flux_attention::AttentionMode::XAttention {
+        block: 32,
+        stride: 4,
+        threshold: 0.8,
+    };
     entry_point_matches_reference(9, case(1, 4, 2, 200, 200, 64), mode);
 }

@@ -5,7 +5,6 @@ use flux_attention::AttentionBackend;
 use std::fmt;
 use std::str::FromStr;
 
-
 use crate::error::ModelError;
 
 /// The burn backend a program runs on.
@@ -50,7 +49,10 @@ pub trait BackendTask {
     /// The work's error type (must accept a missing-backend error).
     type Error: From<ModelError>;
     /// Runs on backend `B` with its default device.
-    fn run<B: AttentionBackend>(self, device: B::Device) -> std::result::Result<Self::Output, Self::Error>;
+    fn run<B: AttentionBackend>(
+        self,
+        device: B::Device,
+    ) -> std::result::Result<Self::Output, Self::Error>;
 }
 
 fn not_built(choice: BackendChoice) -> ModelError {

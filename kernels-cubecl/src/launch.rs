@@ -69,7 +69,10 @@ pub fn check_call(
     let shape = |s: &[usize], name: &'static str| -> Result<[usize; 4], KernelError> {
         match s {
             &[a, b, c, d] => Ok([a, b, c, d]),
-            _ => Err(tensor_err(name, format!("must have 4 dims, has shape {s:?}"))),
+            _ => Err(tensor_err(
+                name,
+                format!("must have 4 dims, has shape {s:?}"),
+            )),
         }
     };
     let [b, hq, nq, d] = shape(q, "q")?;
@@ -82,26 +85,51 @@ pub fn check_call(
         ));
     }
     if vs != [kb, hkv, nk, kd] {
-        return Err(tensor_err("v", format!("must have the shape of k, has {vs:?}")));
+        return Err(tensor_err(
+            "v",
+            format!("must have the shape of k, has {vs:?}"),
+        ));
     }
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-        return Err(tensor_err("q", format!("dtype {dtype:?} is not f32, f16 or bf16")));
+        return Err(tensor_err(
+            "q",
+            format!("dtype {dtype:?} is not f32, f16 or bf16"),
+        ));
     }
     if b == 0 || nq == 0 || nk == 0 {
-        return Err(tensor_err("q", format!("is empty: q {:?}, k {:?}", [b, hq, nq, d], [kb, hkv, nk, kd])));
+        return Err(tensor_err(
+            "q",
+            format!(
+                "is empty: q {:?}, k {:?}",
+                [b, hq, nq, d],
+                [kb, hkv, nk, kd]
+            ),
+        ));
     }
     if d % 8 != 0 || d > 256 {
-        return Err(tensor_err("q", format!("head_dim {d} is not a multiple of 8 up to 256")));
+        return Err(tensor_err(
+            "q",
+            format!("head_dim {d} is not a multiple of 8 up to 256"),
+        ));
     }
     if (b * hq * nq * d).max(b * hkv * nk * d) >= u32::MAX as usize {
         return Err(tensor_err("q", "has 2^32 elements or more".into()));
     }
-    let lens = |given: &Option<Vec<usize>>, all: usize, name: &'static str| -> Result<Vec<u32>, KernelError> {
+    let lens = |given: &Option<Vec<usize>>,
+                all: usize,
+                name: &'static str|
+     -> Result<Vec<u32>, KernelError> {
         match given {
             None => Ok(vec![all as u32; b]),
-            Some(l) if l.len() != b => Err(arg_err(name, format!("has {} entries for a batch of {b}", l.len()))),
+            Some(l) if l.len() != b => Err(arg_err(
+                name,
+                format!("has {} entries for a batch of {b}", l.len()),
+            )),
             Some(l) => match l.iter().find(|&&x| x > all) {
-                Some(x) => Err(arg_err(name, format!("entry {x} exceeds the tensor's {all} rows"))),
+                Some(x) => Err(arg_err(
+                    name,
+                    format!("entry {x} exceeds the tensor's {all} rows"),
+                )),
                 None => Ok(l.iter().map(|&x| x as u32).collect()),
             },
         }
@@ -111,7 +139,10 @@ pub fn check_call(
     if let Some(i) = (0..b).find(|&i| q_lens[i] > kv_lens[i]) {
         return Err(arg_err(
             "q_lens",
-            format!("sequence {i} has {} queries but only {} keys", q_lens[i], kv_lens[i]),
+            format!(
+                "sequence {i} has {} queries but only {} keys",
+                q_lens[i], kv_lens[i]
+            ),
         ));
     }
     match &spec.visibility {
@@ -122,31 +153,63 @@ pub fn check_call(
         _ => {}
     }
     if !(spec.scale.is_finite() && spec.scale > 0.0) {
-        return Err(arg_err("scale", format!("{} is not a positive finite number", spec.scale)));
+        return Err(arg_err(
+            "scale",
+            format!("{} is not a positive finite number", spec.scale),
+        ));
     }
-    Ok(CallDims { b, hq, nq, hkv, nk, d, q_lens, kv_lens })
+    Ok(CallDims {
+        b,
+        hq,
+        nq,
+        hkv,
+        nk,
+        d,
+        q_lens,
+        kv_lens,
+    })
 }
 
-fn check_table(t: &BlockSelection, b: usize, hq: usize, positions: usize) -> Result<(), KernelError> {
+fn check_table(
+    t: &BlockSelection,
+    b: usize,
+    hq: usize,
+    positions: usize,
+) -> Result<(), KernelError> {
     if t.block == 0 {
         return Err(arg_err("block", "must be at least 1".into()));
     }
     if t.heads != hq {
-        return Err(arg_err("heads", format!("table has {} heads, q has {hq}", t.heads)));
+        return Err(arg_err(
+            "heads",
+            format!("table has {} heads, q has {hq}", t.heads),
+        ));
     }
     if t.keep.len() != b * t.heads * t.q_blocks * t.k_blocks {
         return Err(arg_err(
             "keep",
-            format!("has {} entries, expected {b} x {} x {} x {}", t.keep.len(), t.heads, t.q_blocks, t.k_blocks),
+            format!(
+                "has {} entries, expected {b} x {} x {} x {}",
+                t.keep.len(),
+                t.heads,
+                t.q_blocks,
+                t.k_blocks
+            ),
         ));
     }
     if t.k_blocks < positions.div_ceil(t.block) {
-        return Err(arg_err("k_blocks", format!("{} blocks do not cover {positions} positions", t.k_blocks)));
+        return Err(arg_err(
+            "k_blocks",
+            format!("{} blocks do not cover {positions} positions", t.k_blocks),
+        ));
     }
     Ok(())
 }
 
-fn u32_array<R: CubeRuntime>(client: &ComputeClient<R>, data: &[u32]) -> (cubecl::server::Handle, usize) {
+fn u32_array<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    data: &[u32],
+) -> (cubecl::server::Handle, usize) {
     let data = if data.is_empty() { &[0u32][..] } else { data };
     let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
     (client.create_from_slice(&bytes), data.len())
@@ -196,12 +259,16 @@ pub(crate) fn tile_lists(
                 }
                 for &(h, qb, qs_max) in &pairs {
                     let in_table = qb >= t.first_q_block && qb < t.first_q_block + t.q_blocks;
-                    let row = ((b * t.heads + h) * t.q_blocks + qb.saturating_sub(t.first_q_block)) * t.k_blocks;
+                    let row = ((b * t.heads + h) * t.q_blocks + qb.saturating_sub(t.first_q_block))
+                        * t.k_blocks;
                     let mut pair_any = vec![false; k_tiles];
                     for kb in 0..t.k_blocks.min(qb + 1) {
                         let kept = in_table && t.keep[row + kb];
                         let from = layout.stored_index(kb * t.block);
-                        let to = layout.stored_index((kb + 1) * t.block).min(qs_max + 1).min(kv_len);
+                        let to = layout
+                            .stored_index((kb + 1) * t.block)
+                            .min(qs_max + 1)
+                            .min(kv_len);
                         if from >= to {
                             continue;
                         }
@@ -221,7 +288,9 @@ pub(crate) fn tile_lists(
                     (0..k_tiles)
                         .filter(|&kt| any[kt])
                         .map(|kt| {
-                            let whole = all[kt] && (kt + 1) * keys <= kv_len && (kt + 1) * keys <= qs_min + 1;
+                            let whole = all[kt]
+                                && (kt + 1) * keys <= kv_len
+                                && (kt + 1) * keys <= qs_min + 1;
                             kt as u32 | if whole { FULL_TILE } else { 0 }
                         })
                         .collect(),
@@ -251,10 +320,19 @@ pub fn fused_attention<R: CubeRuntime>(
 ) -> Result<CubeTensor<R>, KernelError> {
     for (t, name) in [(&k, "k"), (&v, "v")] {
         if t.dtype != q.dtype {
-            return Err(tensor_err(name, format!("is {:?}, q is {:?}", t.dtype, q.dtype)));
+            return Err(tensor_err(
+                name,
+                format!("is {:?}, q is {:?}", t.dtype, q.dtype),
+            ));
         }
     }
-    let dims = check_call(q.meta.shape(), k.meta.shape(), v.meta.shape(), q.dtype, spec)?;
+    let dims = check_call(
+        q.meta.shape(),
+        k.meta.shape(),
+        v.meta.shape(),
+        q.dtype,
+        spec,
+    )?;
     let choice = choose_kernel(&q.client, &dims, q.dtype)?;
     let out = empty_device_contiguous_dtype::<R>(
         q.client.clone(),
@@ -277,13 +355,25 @@ pub fn fused_attention_into<R: CubeRuntime>(
 ) -> Result<KernelChoice, KernelError> {
     for (t, name) in [(&k, "k"), (&v, "v"), (&out, "out")] {
         if t.dtype != q.dtype {
-            return Err(tensor_err(name, format!("is {:?}, q is {:?}", t.dtype, q.dtype)));
+            return Err(tensor_err(
+                name,
+                format!("is {:?}, q is {:?}", t.dtype, q.dtype),
+            ));
         }
     }
     if out.meta.shape() != q.meta.shape() || !out.is_contiguous() {
-        return Err(tensor_err("out", format!("must be contiguous with q's shape {:?}", q.meta.shape())));
+        return Err(tensor_err(
+            "out",
+            format!("must be contiguous with q's shape {:?}", q.meta.shape()),
+        ));
     }
-    let dims = check_call(q.meta.shape(), k.meta.shape(), v.meta.shape(), q.dtype, spec)?;
+    let dims = check_call(
+        q.meta.shape(),
+        k.meta.shape(),
+        v.meta.shape(),
+        q.dtype,
+        spec,
+    )?;
     let choice = choose_kernel(&q.client, &dims, q.dtype)?;
     launch_kernel(q, k, v, out, spec, &dims, choice);
     Ok(choice)
@@ -296,7 +386,8 @@ pub fn choose_kernel<R: CubeRuntime>(
     dtype: DType,
 ) -> Result<KernelChoice, KernelError> {
     // Few query tiles (decode, short prompts): the portable kernel splits the keys over cubes.
-    let cmma_cubes = (dims.group() * dims.nq).div_ceil(prefill_cmma::ROWS as usize) * dims.hkv * dims.b;
+    let cmma_cubes =
+        (dims.group() * dims.nq).div_ceil(prefill_cmma::ROWS as usize) * dims.hkv * dims.b;
     let choice = if cmma_cubes >= 128 && cmma_usable(client, dims, dtype) {
         KernelChoice::Cmma
     } else {
@@ -306,7 +397,10 @@ pub fn choose_kernel<R: CubeRuntime>(
     if choice.shape(dims, dtype.size(), smem_max).is_none() {
         return Err(tensor_err(
             "q",
-            format!("head_dim {} needs more shared memory than the device's {smem_max} B", dims.d),
+            format!(
+                "head_dim {} needs more shared memory than the device's {smem_max} B",
+                dims.d
+            ),
         ));
     }
     Ok(choice)
@@ -359,7 +453,12 @@ impl KernelChoice {
                 // Q, K, V tiles and P in 16 bits, S in f32 (padded strides).
                 let (ld, ls, lp) = (d + 8, keys + 4, keys + 8);
                 let smem = 2 * (rows * ld + 2 * keys * ld + rows * lp) + 4 * rows * ls + 64;
-                (smem <= smem_max).then_some(TileShape { rows, keys, lanes: 0, vector: 8 })
+                (smem <= smem_max).then_some(TileShape {
+                    rows,
+                    keys,
+                    lanes: 0,
+                    vector: 8,
+                })
             }
             KernelChoice::Portable => {
                 // Decode-sized calls (few stacked rows) give each row more threads.
@@ -368,10 +467,19 @@ impl KernelChoice {
                 [(4, 64), (8, 64), (16, 32)]
                     .into_iter()
                     .filter(|&(rows, _)| stacked <= rows || rows == 16)
-                    .map(|(rows, keys)| TileShape { rows, keys, lanes: threads / rows, vector: 1 })
+                    .map(|(rows, keys)| TileShape {
+                        rows,
+                        keys,
+                        lanes: threads / rows,
+                        vector: 1,
+                    })
                     .find(|t| {
-                        let smem = 4 * ((t.rows + t.keys) * (d + 1) + t.rows * (t.keys + 1) + threads);
-                        d % t.lanes == 0 && t.keys % t.lanes == 0 && (t.keys * d) % threads == 0 && smem <= smem_max
+                        let smem =
+                            4 * ((t.rows + t.keys) * (d + 1) + t.rows * (t.keys + 1) + threads);
+                        d % t.lanes == 0
+                            && t.keys % t.lanes == 0
+                            && (t.keys * d) % threads == 0
+                            && smem <= smem_max
                     })
                     .map(|mut t| {
                         // 16-byte vectors where the tile divides evenly, else scalars.
@@ -399,11 +507,17 @@ fn launch_kernel<R: CubeRuntime>(
     let client = q.client.clone();
     let dtype = q.dtype;
     let smem_max = client.properties().hardware.max_shared_memory_size;
-    let shape = choice.shape(dims, q.dtype.size(), smem_max).expect("checked by choose_kernel");
+    let shape = choice
+        .shape(dims, q.dtype.size(), smem_max)
+        .expect("checked by choose_kernel");
     let (rows, keys) = (shape.rows, shape.keys);
     let (rule, sink, window, dense) = match &spec.visibility {
         Visibility::Causal => (RULE_CAUSAL, 0, 1, 0..0),
-        Visibility::Window { sink, window, dense } => (RULE_WINDOW, *sink, *window, dense.clone()),
+        Visibility::Window {
+            sink,
+            window,
+            dense,
+        } => (RULE_WINDOW, *sink, *window, dense.clone()),
         Visibility::Blocks(_) => (RULE_BLOCKS, 0, 1, 0..0),
     };
     let (lists, counts, max_tiles, keep, table) = match &spec.visibility {
@@ -441,7 +555,11 @@ fn launch_kernel<R: CubeRuntime>(
     let splits = match choice {
         KernelChoice::Portable if cubes < SPLIT_TARGET_CUBES => {
             let tiles = match &spec.visibility {
-                Visibility::Window { sink, window, dense } if dense.is_empty() => (sink + window) / keys + 2,
+                Visibility::Window {
+                    sink,
+                    window,
+                    dense,
+                } if dense.is_empty() => (sink + window) / keys + 2,
                 _ => dims.nk.div_ceil(keys),
             };
             (SPLIT_TARGET_CUBES / cubes).clamp(1, tiles.max(1))
@@ -452,7 +570,12 @@ fn launch_kernel<R: CubeRuntime>(
     let rows = dims.b * dims.hq * dims.nq;
     let part_len = |n: usize| if splits > 1 { splits * rows * n } else { 1 };
     let part = |n: usize| {
-        empty_device_contiguous_dtype::<R>(client.clone(), q.device.clone(), Shape::new([part_len(n)]), DType::F32)
+        empty_device_contiguous_dtype::<R>(
+            client.clone(),
+            q.device.clone(),
+            Shape::new([part_len(n)]),
+            DType::F32,
+        )
     };
     let (o_part, ml_part) = (part(dims.d), part(2));
     let (meta_combine, out_combine) = (meta.clone(), out.clone());

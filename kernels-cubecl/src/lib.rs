@@ -36,8 +36,8 @@ pub use error::KernelError;
 pub use launch::{
     check_call, choose_kernel, fused_attention, fused_attention_into, CallDims, KernelChoice,
 };
+pub use spec::{AttentionSpec, BlockSelection, KeyLayout, Visibility};
 #[cfg(feature = "kernels")]
 pub use xattention::host::{
     check_xattention, xattention_block_scores, xattention_keep, XAttentionBlocks,
 };
-pub use spec::{AttentionSpec, BlockSelection, KeyLayout, Visibility};

@@ -99,9 +99,18 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
 
     // Row strides padded (Q/K/V by one vector, S by 4 words, P by 8 halves) against bank
     // conflicts; every fragment start stays 32-byte aligned.
-    let mut q_s = SharedMemory::<Vector<F, N>>::new_aligned(comptime!((ROWS * (head_dim / vs + 1)) as usize), 32usize);
-    let mut k_s = SharedMemory::<Vector<F, N>>::new_aligned(comptime!((KEYS * (head_dim / vs + 1)) as usize), 32usize);
-    let mut v_s = SharedMemory::<Vector<F, N>>::new_aligned(comptime!((KEYS * (head_dim / vs + 1)) as usize), 32usize);
+    let mut q_s = SharedMemory::<Vector<F, N>>::new_aligned(
+        comptime!((ROWS * (head_dim / vs + 1)) as usize),
+        32usize,
+    );
+    let mut k_s = SharedMemory::<Vector<F, N>>::new_aligned(
+        comptime!((KEYS * (head_dim / vs + 1)) as usize),
+        32usize,
+    );
+    let mut v_s = SharedMemory::<Vector<F, N>>::new_aligned(
+        comptime!((KEYS * (head_dim / vs + 1)) as usize),
+        32usize,
+    );
     let mut s_s = SharedMemory::<f32>::new_aligned(comptime!((ROWS * LDS) as usize), 32usize);
     let mut p_s = SharedMemory::<F>::new_aligned(comptime!((ROWS * LDP) as usize), 32usize);
     let mut flag_s = SharedMemory::<u32>::new(1usize);
@@ -160,7 +169,11 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
                     cmma::MatrixLayout::RowMajor,
                 )
             };
-            cmma::load(&frag, &q_s.slice(start as usize, (start + 16 * ldv) as usize), ldq);
+            cmma::load(
+                &frag,
+                &q_s.slice(start as usize, (start + 16 * ldv) as usize),
+                ldq,
+            );
             q_frag.push(frag);
         }
         let b_frag = unsafe {
@@ -250,7 +263,12 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
                 for kk in 0..d_frags {
                     let start = (j * 16 * ldv + kk * 16 / vs) as usize;
                     cmma::load(&b_frag, &k_s.slice(start, start + (16 * ldv) as usize), ldq);
-                    cmma::execute::<F, F, f32, f32>(q_frag.index(kk as usize), &b_frag, &s_acc, &s_acc);
+                    cmma::execute::<F, F, f32, f32>(
+                        q_frag.index(kk as usize),
+                        &b_frag,
+                        &s_acc,
+                        &s_acc,
+                    );
                 }
                 let at = (plane * 16 * LDS + j * 16) as usize;
                 cmma::store(
@@ -350,7 +368,12 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
                 for dj in 0..d_frags {
                     let start = (kk * 16 * ldv + dj * 16 / vs) as usize;
                     cmma::load(&v_frag, &v_s.slice(start, start + (16 * ldv) as usize), ldq);
-                    cmma::execute::<F, F, f32, f32>(&p_frag, &v_frag, o_acc.index(dj as usize), o_acc.index(dj as usize));
+                    cmma::execute::<F, F, f32, f32>(
+                        &p_frag,
+                        &v_frag,
+                        o_acc.index(dj as usize),
+                        o_acc.index(dj as usize),
+                    );
                 }
             }
         }

@@ -157,7 +157,9 @@ pub fn flash_attention_portable<F: Float, N: Size>(
             let full = listed_full || tile_fully_visible(qs_min, qp_max, k0, k1, &mask, keys, rule);
 
             sync_cube();
-            load_tile(k, &mut kv_s, kv_base, k0, k1, t, keys, head_dim, threads, vs);
+            load_tile(
+                k, &mut kv_s, kv_base, k0, k1, t, keys, head_dim, threads, vs,
+            );
             sync_cube();
 
             let mut mx = NEG.runtime();
@@ -204,7 +206,9 @@ pub fn flash_attention_portable<F: Float, N: Size>(
             m_run = m_new;
             sync_cube();
 
-            load_tile(v, &mut kv_s, kv_base, k0, k1, t, keys, head_dim, threads, vs);
+            load_tile(
+                v, &mut kv_s, kv_base, k0, k1, t, keys, head_dim, threads, vs,
+            );
             sync_cube();
 
             #[unroll]

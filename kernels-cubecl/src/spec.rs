@@ -102,7 +102,13 @@ impl BlockSelection {
 impl Visibility {
     /// Whether a query at position `q` sees the key at `k` under sink + window with `dense`
     /// queries.
-    pub fn window_sees(sink: usize, window: usize, dense: &Range<usize>, q: usize, k: usize) -> bool {
+    pub fn window_sees(
+        sink: usize,
+        window: usize,
+        dense: &Range<usize>,
+        q: usize,
+        k: usize,
+    ) -> bool {
         k <= q && (k < sink || q - k < window || dense.contains(&q))
     }
 }

@@ -151,7 +151,11 @@ pub fn tile_range(
 /// Key tile visited at step `it` of a [`TileRange`].
 #[cube]
 pub fn tile_at(range: &TileRange, it: u32) -> u32 {
-    select(it < range.first_end, it, range.second_start + (it - range.first_end))
+    select(
+        it < range.first_end,
+        it,
+        range.second_start + (it - range.first_end),
+    )
 }
 
 /// Whether every (query, key) pair of a tile pair is visible, so the mask can be skipped:

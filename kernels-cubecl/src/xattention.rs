@@ -81,13 +81,17 @@ pub fn xattention_scores<F: Float>(
                     let qpos = (qb * groups + row) * stride + stride - 1 - tt;
                     let mut x = 0.0f32.runtime();
                     if qpos >= first_query && qpos < nk {
-                        x = f32::cast_from(q[(((b * hq + h) * nq + qpos - first_query) * head_dim + c) as usize]);
+                        x = f32::cast_from(
+                            q[(((b * hq + h) * nq + qpos - first_query) * head_dim + c) as usize],
+                        );
                     }
                     qs[(row * ld + c) as usize] = x;
                     let kpos = (kb * groups + row) * stride + tt;
                     let mut y = 0.0f32.runtime();
                     if kpos < nk {
-                        y = f32::cast_from(k[(((b * hkv + kvh) * nk + kpos) * head_dim + c) as usize]);
+                        y = f32::cast_from(
+                            k[(((b * hkv + kvh) * nk + kpos) * head_dim + c) as usize],
+                        );
                     }
                     ks[(row * ld + c) as usize] = y;
                     idx += threads;
@@ -240,7 +244,10 @@ pub mod host {
     ) -> Result<XAttentionBlocks, KernelError> {
         let dims = crate::check_call(q, k, k, dtype, &crate::AttentionSpec::causal(q[3]))?;
         if stride == 0 || block % stride != 0 {
-            return Err(arg_err("stride", format!("{stride} does not divide block {block}")));
+            return Err(arg_err(
+                "stride",
+                format!("{stride} does not divide block {block}"),
+            ));
         }
         let groups = block / stride;
         if !groups.is_power_of_two() || groups > MAX_GROUPS as usize {
@@ -253,11 +260,16 @@ pub mod host {
         let first_q_block = first_query / stride * stride / block;
         let k_blocks = dims.nk.div_ceil(block);
         let q_blocks = (dims.nk - 1) / block + 1 - first_q_block;
-        let smem = 4 * (2 * groups * (dims.d + 1) + 2 * groups * groups + k_blocks.next_power_of_two());
+        let smem =
+            4 * (2 * groups * (dims.d + 1) + 2 * groups * groups + k_blocks.next_power_of_two());
         if smem > smem_max {
             return Err(arg_err("block", format!("{k_blocks} key blocks need {smem} B of shared memory, the device has {smem_max}")));
         }
-        Ok(XAttentionBlocks { first_q_block, q_blocks, k_blocks })
+        Ok(XAttentionBlocks {
+            first_q_block,
+            q_blocks,
+            k_blocks,
+        })
     }
 
     /// Normalised block scores `[b, hq, q_blocks, k_blocks]` (f32), as
@@ -269,12 +281,27 @@ pub mod host {
         stride: usize,
     ) -> Result<(CubeTensor<R>, XAttentionBlocks), KernelError> {
         let smem_max = q.client.properties().hardware.max_shared_memory_size;
-        let blocks = check_xattention(q.meta.shape(), k.meta.shape(), q.dtype, block, stride, smem_max)?;
+        let blocks = check_xattention(
+            q.meta.shape(),
+            k.meta.shape(),
+            q.dtype,
+            block,
+            stride,
+            smem_max,
+        )?;
         if k.dtype != q.dtype {
-            return Err(KernelError::Tensor { tensor: "k", message: format!("is {:?}, q is {:?}", k.dtype, q.dtype) });
+            return Err(KernelError::Tensor {
+                tensor: "k",
+                message: format!("is {:?}, q is {:?}", k.dtype, q.dtype),
+            });
         }
         let (q, k) = (into_contiguous(q), into_contiguous(k));
-        let [b, hq, _, d] = [q.meta.shape()[0], q.meta.shape()[1], q.meta.shape()[2], q.meta.shape()[3]];
+        let [b, hq, _, d] = [
+            q.meta.shape()[0],
+            q.meta.shape()[1],
+            q.meta.shape()[2],
+            q.meta.shape()[3],
+        ];
         let client = q.client.clone();
         let scores = empty_device_contiguous_dtype::<R>(
             client.clone(),
@@ -313,7 +340,12 @@ pub mod host {
         let client = scores.client.clone();
         let shape = scores.meta.shape().clone();
         let rows = shape[0] * shape[1] * shape[2];
-        let keep = empty_device_contiguous_dtype::<R>(client.clone(), scores.device.clone(), shape, DType::F32);
+        let keep = empty_device_contiguous_dtype::<R>(
+            client.clone(),
+            scores.device.clone(),
+            shape,
+            DType::F32,
+        );
         unsafe {
             xattention_select::launch_unchecked::<R>(
                 &client,

@@ -27,7 +27,11 @@ struct Args {
     #[arg(long, default_value = "bf16")]
     dtype: String,
     /// Sequence lengths of the timed runs.
-    #[arg(long, value_delimiter = ',', default_value = "4096,16384,32768,65536,131072")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "4096,16384,32768,65536,131072"
+    )]
     lengths: Vec<usize>,
     #[arg(long, default_value_t = 32)]
     heads: usize,
@@ -126,10 +130,22 @@ struct Case {
 }
 
 fn cases(rng: &mut StdRng) -> Vec<Case> {
-    let w = |sink, window, dense| Visibility::Window { sink, window, dense };
+    let w = |sink, window, dense| Visibility::Window {
+        sink,
+        window,
+        dense,
+    };
     let none = KeyLayout::default();
     let c = |b, hq, hkv, nq, nk, d, visibility, padded| Case {
-        b, hq, hkv, nq, nk, d, visibility, layout: none, padded,
+        b,
+        hq,
+        hkv,
+        nq,
+        nk,
+        d,
+        visibility,
+        layout: none,
+        padded,
     };
     let mut v = vec![
         // Causal prefill: odd lengths, GQA 1 / 4 / 7, head_dim 64 / 128, batch 1 / 3.
@@ -148,13 +164,28 @@ fn cases(rng: &mut StdRng) -> Vec<Case> {
         c(1, 7, 1, 1, 2000, 64, w(4, 256, 0..0), false),
     ];
     v.push(Case {
-        layout: KeyLayout { kept_sink: 16, dropped: 500 },
+        layout: KeyLayout {
+            kept_sink: 16,
+            dropped: 500,
+        },
         ..c(1, 32, 8, 2, 400, 128, w(16, 300, 0..0), false)
     });
-    for (hq, hkv, n, d, block) in [(32usize, 8usize, 800usize, 128usize, 64usize), (7, 1, 333, 64, 32)] {
+    for (hq, hkv, n, d, block) in [
+        (32usize, 8usize, 800usize, 128usize, 64usize),
+        (7, 1, 333, 64, 32),
+    ] {
         let blocks = n.div_ceil(block);
-        let keep = (0..hq * blocks * blocks).map(|i| i % blocks == 0 || rng.random_bool(0.3)).collect();
-        let sel = BlockSelection { block, first_q_block: 0, q_blocks: blocks, k_blocks: blocks, heads: hq, keep };
+        let keep = (0..hq * blocks * blocks)
+            .map(|i| i % blocks == 0 || rng.random_bool(0.3))
+            .collect();
+        let sel = BlockSelection {
+            block,
+            first_q_block: 0,
+            q_blocks: blocks,
+            k_blocks: blocks,
+            heads: hq,
+            keep,
+        };
         v.push(c(1, hq, hkv, n, n, d, Visibility::Blocks(sel), false));
     }
     v
@@ -176,7 +207,10 @@ fn check_suite<R: CubeRuntime, BT: BoolElement>(
     let tol = if dtype == DType::F32 { 1e-4 } else { 1e-2 };
     let mut worst = 0f64;
     for case in cases(rng) {
-        let (qs, ks) = ([case.b, case.hq, case.nq, case.d], [case.b, case.hkv, case.nk, case.d]);
+        let (qs, ks) = (
+            [case.b, case.hq, case.nq, case.d],
+            [case.b, case.hkv, case.nk, case.d],
+        );
         let make = |data: Vec<f32>, s: [usize; 4]| {
             Tensor::<Gpu<R, BT>, 4>::from_data(TensorData::new(data, s), device).cast(dtype)
         };
@@ -191,7 +225,13 @@ fn check_suite<R: CubeRuntime, BT: BoolElement>(
                     (case.nq, case.nk)
                 } else {
                     let kl = rng.random_range(case.nk / 2..=case.nk);
-                    (case.nq.min(kl).saturating_sub(rng.random_range(0..3)).max(1), kl)
+                    (
+                        case.nq
+                            .min(kl)
+                            .saturating_sub(rng.random_range(0..3))
+                            .max(1),
+                        kl,
+                    )
                 }
             })
             .unzip();
@@ -201,40 +241,67 @@ fn check_suite<R: CubeRuntime, BT: BoolElement>(
         spec.kv_lens = Some(kv_lens.clone());
         let out = Tensor::<Gpu<R, BT>, 4>::full(qs, f32::NAN, (device, dtype));
         let prim = |t: Tensor<Gpu<R, BT>, 4>| t.into_primitive().tensor();
-        let kernel = kernels_cubecl::fused_attention_into(prim(q), prim(k), prim(v), prim(out.clone()), &spec)
-            .context("fused attention refused a valid call")?;
+        let kernel = kernels_cubecl::fused_attention_into(
+            prim(q),
+            prim(k),
+            prim(v),
+            prim(out.clone()),
+            &spec,
+        )
+        .context("fused attention refused a valid call")?;
         let got = to_f32(out);
         let mut err = 0f64;
         for bi in 0..case.b {
             let (ql, kl) = (q_lens[bi], kv_lens[bi]);
             let rows = |x: &[f32], h: usize, n: usize, from: usize, count: usize| -> Vec<f32> {
-                (0..h).flat_map(|hi| x[((bi * h + hi) * n + from) * case.d..][..count * case.d].to_vec()).collect()
+                (0..h)
+                    .flat_map(|hi| {
+                        x[((bi * h + hi) * n + from) * case.d..][..count * case.d].to_vec()
+                    })
+                    .collect()
             };
             for hi in 0..case.hq {
                 for i in ql..case.nq {
                     let row = &got[((bi * case.hq + hi) * case.nq + i) * case.d..][..case.d];
-                    ensure!(row.iter().all(|&x| x == 0.0), "{dtype:?} {kernel:?}: padding row {i} not zero");
+                    ensure!(
+                        row.iter().all(|&x| x == 0.0),
+                        "{dtype:?} {kernel:?}: padding row {i} not zero"
+                    );
                 }
             }
             let visibility = match &case.visibility {
                 Visibility::Blocks(s) => {
                     let per = s.heads * s.q_blocks * s.k_blocks;
-                    Visibility::Blocks(BlockSelection { keep: s.keep[bi * per..(bi + 1) * per].to_vec(), ..s.clone() })
+                    Visibility::Blocks(BlockSelection {
+                        keep: s.keep[bi * per..(bi + 1) * per].to_vec(),
+                        ..s.clone()
+                    })
                 }
                 o => o.clone(),
             };
-            let cpu = |x: Vec<f32>, s: [usize; 4]| Tensor::<Cpu, 4>::from_data(TensorData::new(x, s), &Default::default());
+            let cpu = |x: Vec<f32>, s: [usize; 4]| {
+                Tensor::<Cpu, 4>::from_data(TensorData::new(x, s), &Default::default())
+            };
             let want = to_f32(reference::masked_attention(
                 cpu(rows(&qh, case.hq, case.nq, 0, ql), [1, case.hq, ql, case.d]),
-                cpu(rows(&kh, case.hkv, case.nk, 0, kl), [1, case.hkv, kl, case.d]),
-                cpu(rows(&vh, case.hkv, case.nk, 0, kl), [1, case.hkv, kl, case.d]),
+                cpu(
+                    rows(&kh, case.hkv, case.nk, 0, kl),
+                    [1, case.hkv, kl, case.d],
+                ),
+                cpu(
+                    rows(&vh, case.hkv, case.nk, 0, kl),
+                    [1, case.hkv, kl, case.d],
+                ),
                 case.layout,
                 &visibility,
             ));
             let have = rows(&got, case.hq, case.nq, 0, ql);
             let (mut num, mut den) = (0f64, 0f64);
             for (a, b) in have.iter().zip(&want) {
-                ensure!(a.is_finite(), "{dtype:?} {kernel:?}: non-finite output {a} (b={bi})");
+                ensure!(
+                    a.is_finite(),
+                    "{dtype:?} {kernel:?}: non-finite output {a} (b={bi})"
+                );
                 num += ((a - b) as f64).powi(2);
                 den += (*b as f64).powi(2);
             }
@@ -242,9 +309,18 @@ fn check_suite<R: CubeRuntime, BT: BoolElement>(
         }
         println!(
             "check {dtype:?} {kernel:?} b={} hq={} hkv={} nq={} nk={} d={} {}: rel err {err:.2e}",
-            case.b, case.hq, case.hkv, case.nq, case.nk, case.d, mode_name(&case.visibility)
+            case.b,
+            case.hq,
+            case.hkv,
+            case.nq,
+            case.nk,
+            case.d,
+            mode_name(&case.visibility)
         );
-        ensure!(err < tol, "{dtype:?} {kernel:?}: relative error {err:e} over {tol:e}");
+        ensure!(
+            err < tol,
+            "{dtype:?} {kernel:?}: relative error {err:e} over {tol:e}"
+        );
         worst = worst.max(err);
     }
     println!("check {dtype:?}: all cases pass, worst relative error {worst:.2e} (limit {tol:e})");
@@ -257,30 +333,56 @@ fn check_xattention<R: CubeRuntime, BT: BoolElement>(
     dtype: DType,
     rng: &mut StdRng,
 ) -> Result<()> {
-    for (b, hq, hkv, nq, nk, d, block, stride) in
-        [(1usize, 32usize, 8usize, 1000usize, 1000usize, 128usize, 128usize, 16usize), (3, 7, 1, 300, 517, 64, 64, 8)]
-    {
+    for (b, hq, hkv, nq, nk, d, block, stride) in [
+        (
+            1usize, 32usize, 8usize, 1000usize, 1000usize, 128usize, 128usize, 16usize,
+        ),
+        (3, 7, 1, 300, 517, 64, 64, 8),
+    ] {
         let (qs, ks) = ([b, hq, nq, d], [b, hkv, nk, d]);
         let make = |data: Vec<f32>, s: [usize; 4]| {
             Tensor::<Gpu<R, BT>, 4>::from_data(TensorData::new(data, s), device).cast(dtype)
         };
         let q = make(random_vec(rng, qs.iter().product()), qs);
         let k = make(random_vec(rng, ks.iter().product()), ks);
-        let cpu = |x: Vec<f32>, s: [usize; 4]| Tensor::<Cpu, 4>::from_data(TensorData::new(x, s), &Default::default());
-        let want = flux_attention::xattention::block_scores(&cpu(to_f32(q.clone()), qs), &cpu(to_f32(k.clone()), ks), block, stride);
+        let cpu = |x: Vec<f32>, s: [usize; 4]| {
+            Tensor::<Cpu, 4>::from_data(TensorData::new(x, s), &Default::default())
+        };
+        let want = flux_attention::xattention::block_scores(
+            &cpu(to_f32(q.clone()), qs),
+            &cpu(to_f32(k.clone()), ks),
+            block,
+            stride,
+        );
         let selection = flux_attention::xattention::select_blocks(&want, 0.9);
         let prim = |t: Tensor<Gpu<R, BT>, 4>| t.into_primitive().tensor();
-        let (scores, blocks) = kernels_cubecl::xattention_block_scores(prim(q), prim(k), block, stride)?;
+        let (scores, blocks) =
+            kernels_cubecl::xattention_block_scores(prim(q), prim(k), block, stride)?;
         let keep = kernels_cubecl::xattention_keep(scores.clone(), blocks, 0.9);
-        let read = |t| to_f32(Tensor::<Gpu<R, BT>, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(t)));
+        let read = |t| {
+            to_f32(Tensor::<Gpu<R, BT>, 4>::from_primitive(
+                burn::tensor::TensorPrimitive::Float(t),
+            ))
+        };
         let (got, kept) = (read(scores), read(keep));
-        let err = got.iter().zip(&want.scores).map(|(a, w)| (*a as f64 - w).abs()).fold(0f64, f64::max);
-        let differ = kept.iter().zip(&selection.keep).filter(|(a, w)| (**a == 1.0) != **w).count();
+        let err = got
+            .iter()
+            .zip(&want.scores)
+            .map(|(a, w)| (*a as f64 - w).abs())
+            .fold(0f64, f64::max);
+        let differ = kept
+            .iter()
+            .zip(&selection.keep)
+            .filter(|(a, w)| (**a == 1.0) != **w)
+            .count();
         let share = differ as f64 / kept.len() as f64;
         println!("check {dtype:?} xattention b={b} hq={hq} nq={nq} nk={nk} block={block} stride={stride}: max score error {err:.2e}, selection differs in {differ} of {} flags", kept.len());
         ensure!(err < 1e-4, "xattention scores: error {err:e}");
         // Flags can only flip where a block's rank or the threshold is a rounding away.
-        ensure!(share < 0.005, "xattention selection differs in {differ} flags");
+        ensure!(
+            share < 0.005,
+            "xattention selection differs in {differ} flags"
+        );
     }
     Ok(())
 }
@@ -288,8 +390,16 @@ fn check_xattention<R: CubeRuntime, BT: BoolElement>(
 fn mode_name(v: &Visibility) -> String {
     match v {
         Visibility::Causal => "causal".into(),
-        Visibility::Window { sink, window, dense } if dense.is_empty() => format!("streaming {sink}+{window}"),
-        Visibility::Window { sink, window, dense } => format!("triangle {sink}+{window} dense {dense:?}"),
+        Visibility::Window {
+            sink,
+            window,
+            dense,
+        } if dense.is_empty() => format!("streaming {sink}+{window}"),
+        Visibility::Window {
+            sink,
+            window,
+            dense,
+        } => format!("triangle {sink}+{window} dense {dense:?}"),
         Visibility::Blocks(s) => format!("blocks {} density {:.2}", s.block, s.density()),
     }
 }
@@ -335,7 +445,9 @@ fn sampled_error<B: Backend>(
 ) -> Result<f64> {
     let [_, _, nq, d] = q.dims();
     let nk = k.dims()[2];
-    let row = |t: &Tensor<B, 4>, h: usize, i: usize| to_f32(t.clone().slice([0..1, h..h + 1, i..i + 1, 0..d]));
+    let row = |t: &Tensor<B, 4>, h: usize, i: usize| {
+        to_f32(t.clone().slice([0..1, h..h + 1, i..i + 1, 0..d]))
+    };
     let (mut num, mut den) = (0f64, 0f64);
     for &(h, i) in samples {
         let qr = row(q, h, i);
@@ -346,14 +458,24 @@ fn sampled_error<B: Backend>(
         let keys: Vec<usize> = (0..nk).filter(|&j| sees(pos, j)).collect();
         let s: Vec<f64> = keys
             .iter()
-            .map(|&j| (0..d).map(|c| qr[c] as f64 * kh[j * d + c] as f64).sum::<f64>() * scale)
+            .map(|&j| {
+                (0..d)
+                    .map(|c| qr[c] as f64 * kh[j * d + c] as f64)
+                    .sum::<f64>()
+                    * scale
+            })
             .collect();
         let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
         let l: f64 = w.iter().sum();
         let got = row(out, h, i);
         for c in 0..d {
-            let want: f64 = keys.iter().zip(&w).map(|(&j, wj)| wj * vh[j * d + c] as f64).sum::<f64>() / l;
+            let want: f64 = keys
+                .iter()
+                .zip(&w)
+                .map(|(&j, wj)| wj * vh[j * d + c] as f64)
+                .sum::<f64>()
+                / l;
             ensure!(got[c].is_finite(), "output row ({h}, {i}) holds {}", got[c]);
             num += (got[c] as f64 - want).powi(2);
             den += want * want;
@@ -375,21 +497,41 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
     let q = Tensor::<B<R, BT>, 4>::random([1, hq, n, d], dist, (device, dtype));
     let k = Tensor::<B<R, BT>, 4>::random([1, hkv, n, d], dist, (device, dtype));
     let v = Tensor::<B<R, BT>, 4>::random([1, hkv, n, d], dist, (device, dtype));
-    ensure!(q.dtype() == dtype, "q is {:?}, asked for {dtype:?}", q.dtype());
+    ensure!(
+        q.dtype() == dtype,
+        "q is {:?}, asked for {dtype:?}",
+        q.dtype()
+    );
     let group = hq / hkv;
-    let samples = [(0, 0), (hq - 1, n - 1), (hq / 2 + 1, n / 2), (3.min(hq - 1), n - 1 - n / 7)];
+    let samples = [
+        (0, 0),
+        (hq - 1, n - 1),
+        (hq / 2 + 1, n / 2),
+        (3.min(hq - 1), n - 1 - n / 7),
+    ];
     let (sink, window) = (args.sink, args.window);
-    let streaming = Visibility::Window { sink, window, dense: 0..0 };
+    let streaming = Visibility::Window {
+        sink,
+        window,
+        dense: 0..0,
+    };
     let window_sees = move |p: usize, j: usize| j <= p && (j < sink || p - j < window);
     let elem = if dtype == DType::F32 { 4.0 } else { 2.0 };
 
     let fused = |q: &Tensor<B<R, BT>, 4>, visibility: &Visibility| {
         let spec = AttentionSpec::new(visibility.clone(), d);
         let prim = |t: &Tensor<B<R, BT>, 4>| t.clone().into_primitive().tensor();
-        let out = kernels_cubecl::fused_attention(prim(q), prim(&k), prim(&v), &spec).expect("valid call");
+        let out = kernels_cubecl::fused_attention(prim(q), prim(&k), prim(&v), &spec)
+            .expect("valid call");
         Tensor::<B<R, BT>, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(out))
     };
-    let record = |rows: &mut Vec<String>, op: &str, impl_: &str, secs: f64, flops: f64, bytes: f64, err: f64| {
+    let record = |rows: &mut Vec<String>,
+                  op: &str,
+                  impl_: &str,
+                  secs: f64,
+                  flops: f64,
+                  bytes: f64,
+                  err: f64| {
         let line = format!(
             "{{\"impl\":\"{impl_}\",\"op\":\"{op}\",\"n\":{n},\"ms\":{:.4},\"tflops\":{:.2},\"gbs\":{:.1},\"rel_err\":{err:.2e},\"backend\":\"{}\",\"dtype\":\"{dtype:?}\"}}",
             secs * 1e3,
@@ -403,15 +545,22 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
 
     // Causal pairs (i, j <= i), and those a sink + window query sees.
     let causal_pairs = (n * (n + 1) / 2) as f64;
-    let window_pairs: f64 = (0..n).map(|i| ((i + 1).min(window) + sink.min((i + 1).saturating_sub(window))) as f64).sum();
+    let window_pairs: f64 = (0..n)
+        .map(|i| ((i + 1).min(window) + sink.min((i + 1).saturating_sub(window))) as f64)
+        .sum();
     let per_pair = 4.0 * (hq * d) as f64;
 
-    for (op, vis, pairs) in [("prefill_full", Visibility::Causal, causal_pairs), ("prefill_streaming", streaming.clone(), window_pairs)] {
+    for (op, vis, pairs) in [
+        ("prefill_full", Visibility::Causal, causal_pairs),
+        ("prefill_streaming", streaming.clone(), window_pairs),
+    ] {
         let mut out = None;
         let secs = time::<B<R, BT>>(device, args.seconds, || out = Some(fused(&q, &vis)));
         let out = out.expect("ran");
         let err = match &vis {
-            Visibility::Causal => sampled_error(&q, &k, &v, &out, &samples, |h| h / group, |p, j| j <= p)?,
+            Visibility::Causal => {
+                sampled_error(&q, &k, &v, &out, &samples, |h| h / group, |p, j| j <= p)?
+            }
             _ => sampled_error(&q, &k, &v, &out, &samples, |h| h / group, window_sees)?,
         };
         ensure!(err < 2e-2, "{op} at {n}: relative error {err:e}");
@@ -422,14 +571,20 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
     let qd = q.clone().slice([0..1, 0..hq, n - 1..n, 0..d]);
     for (op, vis, keys) in [
         ("decode_full", Visibility::Causal, n),
-        ("decode_streaming", streaming.clone(), (sink + window).min(n)),
+        (
+            "decode_streaming",
+            streaming.clone(),
+            (sink + window).min(n),
+        ),
     ] {
         let mut out = None;
         let secs = time::<B<R, BT>>(device, args.seconds, || out = Some(fused(&qd, &vis)));
         let out = out.expect("ran");
         let samples = [(0, 0), (hq - 1, 0), (hq / 2, 0)];
         let err = match &vis {
-            Visibility::Causal => sampled_error(&qd, &k, &v, &out, &samples, |h| h / group, |p, j| j <= p)?,
+            Visibility::Causal => {
+                sampled_error(&qd, &k, &v, &out, &samples, |h| h / group, |p, j| j <= p)?
+            }
             _ => sampled_error(&qd, &k, &v, &out, &samples, |h| h / group, window_sees)?,
         };
         ensure!(err < 2e-2, "{op} at {n}: relative error {err:e}");
@@ -439,18 +594,29 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
 
     // XAttention: block scoring + selection on the device, then block-sparse prefill.
     if n <= args.xattention_up_to {
-        let (block, stride, thr) = (args.xattention_block, args.xattention_stride, args.xattention_threshold);
+        let (block, stride, thr) = (
+            args.xattention_block,
+            args.xattention_stride,
+            args.xattention_threshold,
+        );
         let prim = |t: &Tensor<B<R, BT>, 4>| t.clone().into_primitive().tensor();
         let mut keep = None;
         let mut blocks = None;
         let secs = time::<B<R, BT>>(device, args.seconds, || {
-            let (scores, bl) = kernels_cubecl::xattention_block_scores(prim(&q), prim(&k), block, stride).expect("valid");
+            let (scores, bl) =
+                kernels_cubecl::xattention_block_scores(prim(&q), prim(&k), block, stride)
+                    .expect("valid");
             keep = Some(kernels_cubecl::xattention_keep(scores, bl, thr as f32));
             blocks = Some(bl);
         });
         let blocks = blocks.expect("ran");
-        let flags = to_f32(Tensor::<B<R, BT>, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(keep.expect("ran"))));
-        ensure!(flags.iter().all(|&x| x == 0.0 || x == 1.0), "xattention keep flags are not 0/1");
+        let flags = to_f32(Tensor::<B<R, BT>, 4>::from_primitive(
+            burn::tensor::TensorPrimitive::Float(keep.expect("ran")),
+        ));
+        ensure!(
+            flags.iter().all(|&x| x == 0.0 || x == 1.0),
+            "xattention keep flags are not 0/1"
+        );
         let selection = BlockSelection {
             block,
             first_q_block: blocks.first_q_block,
@@ -472,22 +638,55 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
         let err = samples
             .iter()
             .map(|&(h, i)| {
-                sampled_error(&q, &k, &v, &out, &[(h, i)], |h| h / group, |p, j| j <= p && sel.keeps(0, h, p / block, j / block))
+                sampled_error(
+                    &q,
+                    &k,
+                    &v,
+                    &out,
+                    &[(h, i)],
+                    |h| h / group,
+                    |p, j| j <= p && sel.keeps(0, h, p / block, j / block),
+                )
             })
             .collect::<Result<Vec<f64>>>()?
             .into_iter()
             .fold(0f64, f64::max);
-        ensure!(err < 2e-2, "block-sparse prefill at {n}: relative error {err:e}");
-        record(rows, &format!("prefill_xattention_density_{density:.2}"), "flux", secs, per_pair * causal_pairs * density, 0.0, err);
+        ensure!(
+            err < 2e-2,
+            "block-sparse prefill at {n}: relative error {err:e}"
+        );
+        record(
+            rows,
+            &format!("prefill_xattention_density_{density:.2}"),
+            "flux",
+            secs,
+            per_pair * causal_pairs * density,
+            0.0,
+            err,
+        );
     }
 
     // burn 0.21's fused attention (K/V repeated to every query head: it has no GQA).
     if n <= args.burn_up_to {
-        let (kr, vr) = (k.clone().repeat_dim(1, group), v.clone().repeat_dim(1, group));
-        let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let (kr, vr) = (
+            k.clone().repeat_dim(1, group),
+            v.clone().repeat_dim(1, group),
+        );
+        let opts = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
         let mut out = None;
         let secs = time::<B<R, BT>>(device, args.seconds, || {
-            out = Some(burn_attention(q.clone(), kr.clone(), vr.clone(), None, None, opts))
+            out = Some(burn_attention(
+                q.clone(),
+                kr.clone(),
+                vr.clone(),
+                None,
+                None,
+                opts,
+            ))
         });
         let out = out.expect("ran");
         // repeat_dim tiles the heads: query head h reads K/V head h % hkv.
@@ -497,7 +696,15 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
         if err >= 2e-2 {
             eprintln!("burn attention at {n}: WRONG OUTPUT, relative error {err:e}");
         }
-        record(rows, "prefill_full", impl_, secs, per_pair * causal_pairs, 0.0, err);
+        record(
+            rows,
+            "prefill_full",
+            impl_,
+            secs,
+            per_pair * causal_pairs,
+            0.0,
+            err,
+        );
     }
     Ok(())
 }
