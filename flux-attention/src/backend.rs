@@ -58,24 +58,6 @@ pub trait AttentionBackend: Backend {
     }
 }
 
-/// Query and key blocks XAttention scores for `nq` queries that end `nk` keys:
-/// `(first_q_block, q_blocks, k_blocks)` (see [`crate::xattention`]).
-pub(crate) fn xattention_blocks(
-    nq: usize,
-    nk: usize,
-    block: usize,
-    stride: usize,
-) -> (usize, usize, usize) {
-    let first_q_block = (nk - nq) / stride * stride / block;
-    (
-        first_q_block,
-        (nk - 1) / block + 1 - first_q_block,
-        nk.div_ceil(block),
-    )
-}
-
-/// ndarray runs the reference (its element types, spelled out: burn's `NdArray` bounds cannot
-/// be named generically outside burn-ndarray).
 #[cfg(feature = "ndarray")]
 macro_rules! ndarray_reference {
     ($($e:ty, $i:ty);*) => {$(
@@ -223,10 +205,10 @@ mod fusion {
         ) -> FloatTensor<Self> {
             let client = q.client.clone();
             let (b, hq, nq, nk) = (q.shape[0], q.shape[1], q.shape[2], k.shape[2]);
-            let (_, q_blocks, k_blocks) = super::xattention_blocks(nq, nk, block, stride);
+            let blocks = kernels_cubecl::XAttentionBlocks::new(nq, nk, block, stride);
             let out = TensorIr::uninit(
                 client.create_empty_handle(),
-                Shape::new([b, hq, q_blocks, k_blocks]),
+                Shape::new([b, hq, blocks.q_blocks, blocks.k_blocks]),
                 DType::F32,
             );
             let streams = OperationStreams::with_inputs([&q, &k]);

@@ -177,8 +177,7 @@ fn xattention_selection<B: AttentionBackend>(
     let keep = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::fused_xattention_keep(
         q_prim, k_prim, block, stride, threshold,
     )));
-    let (first_q_block, q_blocks, k_blocks) =
-        backend::xattention_blocks(q.dims()[2], k.dims()[2], block, stride);
+    let blocks = kernels_cubecl::XAttentionBlocks::new(q.dims()[2], k.dims()[2], block, stride);
     let flags = keep
         .into_data()
         .convert::<f32>()
@@ -186,9 +185,9 @@ fn xattention_selection<B: AttentionBackend>(
         .expect("f32 after convert");
     BlockSelection {
         block,
-        first_q_block,
-        q_blocks,
-        k_blocks,
+        first_q_block: blocks.first_q_block,
+        q_blocks: blocks.q_blocks,
+        k_blocks: blocks.k_blocks,
         heads: q.dims()[1],
         keep: flags.iter().map(|&x| x > 0.5).collect(),
     }

@@ -77,8 +77,11 @@ pub fn block_scores<B: Backend>(
         .swap_dims(2, 3); // [b, hkv, s * d, k_groups]
     let scale = 1.0 / ((d as f64).sqrt() * s as f64);
 
-    let first_q_block = g0 * s / block;
-    let q_blocks = (nk - 1) / block + 1 - first_q_block;
+    let kernels_cubecl::XAttentionBlocks {
+        first_q_block,
+        q_blocks,
+        ..
+    } = kernels_cubecl::XAttentionBlocks::new(nq, nk, block, stride);
     let mut scores = vec![0f64; b * hq * q_blocks * k_blocks];
     let rows_per_chunk = (MAX_SCORE_ELEMENTS / (b * hq * k_groups).max(1)).clamp(1, q_groups);
     let mut m0 = 0;

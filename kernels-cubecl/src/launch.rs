@@ -13,7 +13,9 @@ use crate::{
     prefill_cmma::{self, flash_attention_cmma},
     prefill_portable::{self, combine_splits, flash_attention_portable},
     spec::{AttentionSpec, BlockSelection, Visibility},
-    visibility::{MaskParamsLaunch, MetaOffsetsLaunch, RULE_BLOCKS, RULE_CAUSAL, RULE_WINDOW},
+    visibility::{
+        MaskParamsLaunch, MetaOffsetsLaunch, FULL_TILE, RULE_BLOCKS, RULE_CAUSAL, RULE_WINDOW,
+    },
     KernelError,
 };
 
@@ -215,9 +217,6 @@ fn u32_array<R: CubeRuntime>(
     (client.create_from_slice(&bytes), data.len())
 }
 
-/// Marks a list entry whose key tile every query of the query tile sees whole (no mask).
-pub(crate) const FULL_TILE: u32 = 1 << 31;
-
 /// Per (sequence, kv head, query tile): the key tiles the blocks rule visits, as a padded list
 /// and a count. Tiles are of `rows` stacked query rows and `keys` keys. An entry carries
 /// [`FULL_TILE`] when every query of the tile sees every key of it.
@@ -261,7 +260,6 @@ pub(crate) fn tile_lists(
                     let in_table = qb >= t.first_q_block && qb < t.first_q_block + t.q_blocks;
                     let row = ((b * t.heads + h) * t.q_blocks + qb.saturating_sub(t.first_q_block))
                         * t.k_blocks;
-                    let mut pair_any = vec![false; k_tiles];
                     for kb in 0..t.k_blocks.min(qb + 1) {
                         let kept = in_table && t.keep[row + kb];
                         let from = layout.stored_index(kb * t.block);
@@ -273,16 +271,13 @@ pub(crate) fn tile_lists(
                             continue;
                         }
                         for kt in from / keys..=(to - 1) / keys {
-                            pair_any[kt] |= kept;
+                            any[kt] |= kept;
                             all[kt] &= kept;
                         }
                     }
                     // Tiles this pair never reaches (past its causal end) are not whole for it.
                     let reach = (qs_max / keys + 1).min(k_tiles);
                     all[reach..].iter_mut().for_each(|x| *x = false);
-                    for (a, p) in any.iter_mut().zip(&pair_any) {
-                        *a |= *p;
-                    }
                 }
                 lists.push(
                     (0..k_tiles)
@@ -318,29 +313,13 @@ pub fn fused_attention<R: CubeRuntime>(
     v: CubeTensor<R>,
     spec: &AttentionSpec,
 ) -> Result<CubeTensor<R>, KernelError> {
-    for (t, name) in [(&k, "k"), (&v, "v")] {
-        if t.dtype != q.dtype {
-            return Err(tensor_err(
-                name,
-                format!("is {:?}, q is {:?}", t.dtype, q.dtype),
-            ));
-        }
-    }
-    let dims = check_call(
-        q.meta.shape(),
-        k.meta.shape(),
-        v.meta.shape(),
-        q.dtype,
-        spec,
-    )?;
-    let choice = choose_kernel(&q.client, &dims, q.dtype)?;
     let out = empty_device_contiguous_dtype::<R>(
         q.client.clone(),
         q.device.clone(),
-        Shape::new([dims.b, dims.hq, dims.nq, dims.d]),
+        q.meta.shape().clone(),
         q.dtype,
     );
-    launch_kernel(q, k, v, out.clone(), spec, &dims, choice);
+    fused_attention_into(q, k, v, out.clone(), spec)?;
     Ok(out)
 }
 
@@ -409,7 +388,9 @@ pub fn choose_kernel<R: CubeRuntime>(
 /// Whether the matrix-unit kernel can serve the call: 16-bit inputs, head_dim 64 or 128, the
 /// 16x16x16 f32-accumulating cmma shape, plane operations and 32-lane planes.
 fn cmma_usable<R: CubeRuntime>(client: &ComputeClient<R>, dims: &CallDims, dtype: DType) -> bool {
-    if std::env::var_os("FLUX_NO_CMMA").is_some() {
+    // A switch for measuring the portable kernel where the matrix one would run.
+    static NO_CMMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *NO_CMMA.get_or_init(|| std::env::var_os("FLUX_NO_CMMA").is_some()) {
         return false;
     }
     let props = client.properties();

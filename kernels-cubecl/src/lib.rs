@@ -36,8 +36,6 @@ pub use error::KernelError;
 pub use launch::{
     check_call, choose_kernel, fused_attention, fused_attention_into, CallDims, KernelChoice,
 };
-pub use spec::{AttentionSpec, BlockSelection, KeyLayout, Visibility};
+pub use spec::{AttentionSpec, BlockSelection, KeyLayout, Visibility, XAttentionBlocks};
 #[cfg(feature = "kernels")]
-pub use xattention::host::{
-    check_xattention, xattention_block_scores, xattention_keep, XAttentionBlocks,
-};
+pub use xattention::host::{check_xattention, xattention_block_scores, xattention_keep};

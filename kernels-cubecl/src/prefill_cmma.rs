@@ -20,7 +20,8 @@ use cubecl::prelude::*;
 
 use crate::prefill_portable::NEG;
 use crate::visibility::{
-    position, sees, tile_at, tile_fully_visible, tile_range, MaskParams, MetaOffsets, RULE_BLOCKS,
+    position, sees, tile_at, tile_fully_visible, tile_range, MaskParams, MetaOffsets, FULL_TILE,
+    RULE_BLOCKS,
 };
 
 /// Stacked query rows per cube (16 per plane).
@@ -229,8 +230,8 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
             let mut listed_full = false;
             if comptime!(rule == RULE_BLOCKS) {
                 let entry = meta[(meta_at.lists + list_row * max_tiles + it) as usize];
-                kt = entry & 0x7fff_ffffu32;
-                listed_full = entry >= 0x8000_0000u32;
+                kt = entry & (FULL_TILE - 1);
+                listed_full = entry >= FULL_TILE;
             }
             let k0 = kt * KEYS;
             let k1 = (k0 + KEYS).min(kv_len);

@@ -113,6 +113,29 @@ impl Visibility {
     }
 }
 
+/// The query and key blocks XAttention scores for `nq` queries that end `nk` keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XAttentionBlocks {
+    /// Sequence block index of the first query block (the one holding the first query group).
+    pub first_q_block: usize,
+    /// Query blocks scored.
+    pub q_blocks: usize,
+    /// Key blocks of the sequence.
+    pub k_blocks: usize,
+}
+
+impl XAttentionBlocks {
+    /// Blocks of `block` tokens, query groups of `stride` positions (`nq <= nk`, `nk > 0`).
+    pub fn new(nq: usize, nk: usize, block: usize, stride: usize) -> Self {
+        let first_q_block = (nk - nq) / stride * stride / block;
+        Self {
+            first_q_block,
+            q_blocks: (nk - 1) / block + 1 - first_q_block,
+            k_blocks: nk.div_ceil(block),
+        }
+    }
+}
+
 /// Everything besides the tensors that a fused attention call needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionSpec {

@@ -5,6 +5,10 @@
 
 use cubecl::prelude::*;
 
+/// Marks a tile-list entry whose key tile every query of the query tile sees whole (no mask);
+/// the low bits hold the tile index.
+pub const FULL_TILE: u32 = 1 << 31;
+
 /// Every earlier key.
 pub const RULE_CAUSAL: u32 = 0;
 /// Sink + window, with a dense range of query positions (triangle).

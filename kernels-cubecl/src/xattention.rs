@@ -215,18 +215,7 @@ pub mod host {
         CubeRuntime,
     };
 
-    use crate::KernelError;
-
-    /// Where the score rows of a call start and how many there are.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct XAttentionBlocks {
-        /// Sequence block index of the first query block.
-        pub first_q_block: usize,
-        /// Query blocks scored.
-        pub q_blocks: usize,
-        /// Key blocks of the sequence.
-        pub k_blocks: usize,
-    }
+    use crate::{KernelError, XAttentionBlocks};
 
     fn arg_err(argument: &'static str, message: String) -> KernelError {
         KernelError::Argument { argument, message }
@@ -256,20 +245,14 @@ pub mod host {
                 format!("block / stride = {groups} must be a power of two up to {MAX_GROUPS}"),
             ));
         }
-        let first_query = dims.nk - dims.nq;
-        let first_q_block = first_query / stride * stride / block;
-        let k_blocks = dims.nk.div_ceil(block);
-        let q_blocks = (dims.nk - 1) / block + 1 - first_q_block;
+        let blocks = XAttentionBlocks::new(dims.nq, dims.nk, block, stride);
+        let k_blocks = blocks.k_blocks;
         let smem =
             4 * (2 * groups * (dims.d + 1) + 2 * groups * groups + k_blocks.next_power_of_two());
         if smem > smem_max {
             return Err(arg_err("block", format!("{k_blocks} key blocks need {smem} B of shared memory, the device has {smem_max}")));
         }
-        Ok(XAttentionBlocks {
-            first_q_block,
-            q_blocks,
-            k_blocks,
-        })
+        Ok(blocks)
     }
 
     /// Normalised block scores `[b, hq, q_blocks, k_blocks]` (f32), as
