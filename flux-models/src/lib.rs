@@ -23,6 +23,7 @@ pub mod generation;
 pub mod gguf;
 pub mod loader;
 pub mod model;
+pub mod router_data;
 pub mod tokenizer;
 pub mod weights;
 
@@ -31,4 +32,7 @@ pub use error::{ModelError, Result};
 pub use generation::{generate, generate_routed, GenerationConfig, GenerationOutput, StopReason};
 pub use loader::{load, load_weights, LoadedModel};
 pub use model::{KvCache, Model, Routing, TrainForward};
+pub use router_data::{
+    build_router_data, read_split, write_split, DataConfig, DataManifest, RouterSample, Sources,
+};
 pub use tokenizer::Tokenizer;
