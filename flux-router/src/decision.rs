@@ -41,6 +41,19 @@ impl GumbelSoftmax {
 
     /// Samples decisions for the logits `[b, 2]` (full, sparse), with noise drawn from `rng`.
     pub fn sample<B: Backend>(&self, logits: Tensor<B, 2>, rng: &mut impl Rng) -> SoftDecision<B> {
+        self.sample_with_choice(logits, rng, None)
+    }
+
+    /// As [`GumbelSoftmax::sample`], but with the hard choice given (`forced[i]`: full attention
+    /// for sequence `i`) instead of taken from the noisy probabilities; the noise is drawn all
+    /// the same, so the soft weights (and their gradient) are those of the same draw. A
+    /// recomputation of a layer uses it to repeat the choice of the first pass exactly.
+    pub fn sample_with_choice<B: Backend>(
+        &self,
+        logits: Tensor<B, 2>,
+        rng: &mut impl Rng,
+        forced: Option<&[bool]>,
+    ) -> SoftDecision<B> {
         let [b, k] = logits.dims();
         let device = logits.device();
         let noise: Vec<f32> = (0..b * k)
@@ -54,16 +67,22 @@ impl GumbelSoftmax {
             &device,
         );
         let y = softmax((logits + noise).div_scalar(self.tau), 1);
-        let probs: Vec<f32> = y
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .expect("f32 after convert");
-        let full: Vec<bool> = probs
-            .chunks(k)
-            .map(|row| row[FULL_LOGIT] >= row[SPARSE_LOGIT])
-            .collect();
+        // Forced choices need no read-back of the probabilities.
+        let full: Vec<bool> = match forced {
+            Some(forced) if forced.len() == b => forced.to_vec(),
+            _ => {
+                let probs: Vec<f32> = y
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec()
+                    .expect("f32 after convert");
+                probs
+                    .chunks(k)
+                    .map(|row| row[FULL_LOGIT] >= row[SPARSE_LOGIT])
+                    .collect()
+            }
+        };
         let z = if self.straight_through {
             let hard: Vec<f32> = full
                 .iter()

@@ -32,4 +32,6 @@ pub use objective::{sparsity_of, SparsityObjective, TaskCategory};
 pub use plan::{ForcedPlan, LayerRoute, RoutingPlan};
 pub use router::{pool_query_states, LayerRouter, LayerRouterConfig, FULL_LOGIT, SPARSE_LOGIT};
 pub use router_set::{RouterMeta, RouterSet};
+/// Storage types of router files ([`RouterSet::save_as`]).
+pub use safetensors::Dtype;
 pub use schedule::TemperatureSchedule;

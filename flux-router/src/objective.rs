@@ -82,6 +82,18 @@ impl<B: Backend> SparsityObjective<B> {
         (read(&self.lambda1), read(&self.lambda2))
     }
 
+    /// Every category's multipliers in [`TaskCategory::ALL`] order: `(lambda1, lambda2)`.
+    pub fn all_multipliers(&self) -> (Vec<f32>, Vec<f32>) {
+        let read = |p: &Param<Tensor<B, 1>>| {
+            p.val()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("f32 after convert")
+        };
+        (read(&self.lambda1), read(&self.lambda2))
+    }
+
     /// Mean over the batch of `lambda1[c] * |s - t| + lambda2[c] * (s - t)^2`, where `s` `[b]`
     /// is each sequence's share of sparse layers, `categories[i]` its category and `targets[i]`
     /// its target.

@@ -66,8 +66,21 @@ impl<B: Backend> RouterSet<B> {
 
     /// Writes every router to `path` as safetensors (f32; weights `[out, in]` as in PyTorch,
     /// named `layers.{l}.{encoder_in|encoder_out|head_in|head_mid|head_out}.{weight|bias}`)
-    /// with `meta` as JSON in the header's metadata.
+    /// with `meta` as JSON in the header's metadata. The file is written under a temporary
+    /// name and renamed, so `path` is never half-written.
     pub fn save(&self, meta: &RouterMeta, path: &Path) -> Result<()> {
+        self.save_as(meta, path, Dtype::F32)
+    }
+
+    /// As [`RouterSet::save`], with the values stored as `dtype` (F32, BF16 or F16; loading
+    /// converts back to the backend's float type).
+    pub fn save_as(&self, meta: &RouterMeta, path: &Path, dtype: Dtype) -> Result<()> {
+        if !matches!(dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
+            return Err(RouterError::InvalidArgument {
+                argument: "dtype",
+                message: format!("{dtype:?}: router files are F32, BF16 or F16"),
+            });
+        }
         let format = |message: String| RouterError::Format {
             path: path.to_path_buf(),
             message,
@@ -87,18 +100,26 @@ impl<B: Backend> RouterSet<B> {
             for (name, linear) in named_linears(router) {
                 let w = linear.weight.val().transpose(); // [out, in]
                 let shape = w.dims().to_vec();
-                tensors.push((format!("layers.{l}.{name}.weight"), shape, to_le_bytes(w)));
+                tensors.push((
+                    format!("layers.{l}.{name}.weight"),
+                    shape,
+                    to_le_bytes(w, dtype),
+                ));
                 if let Some(b) = &linear.bias {
                     let b = b.val();
                     let shape = b.dims().to_vec();
-                    tensors.push((format!("layers.{l}.{name}.bias"), shape, to_le_bytes(b)));
+                    tensors.push((
+                        format!("layers.{l}.{name}.bias"),
+                        shape,
+                        to_le_bytes(b, dtype),
+                    ));
                 }
             }
         }
         let views = tensors
             .iter()
             .map(|(name, shape, bytes)| {
-                TensorView::new(Dtype::F32, shape.clone(), bytes)
+                TensorView::new(dtype, shape.clone(), bytes)
                     .map(|v| (name.clone(), v))
                     .map_err(|e| format(format!("tensor `{name}`: {e}")))
             })
@@ -107,10 +128,22 @@ impl<B: Backend> RouterSet<B> {
         let metadata = HashMap::from([(META_KEY.to_string(), json)]);
         let bytes =
             safetensors::serialize(views, Some(metadata)).map_err(|e| format(e.to_string()))?;
-        std::fs::write(path, bytes).map_err(|source| RouterError::Io {
+        let io = |source| RouterError::Io {
             path: path.to_path_buf(),
             source,
-        })
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".partial-{name}"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
     }
 
     /// Reads the metadata of a router file.
@@ -207,14 +240,23 @@ impl<B: Backend> RouterSet<B> {
     }
 }
 
-fn to_le_bytes<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<u8> {
-    t.into_data()
+fn to_le_bytes<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: Dtype) -> Vec<u8> {
+    let values = t
+        .into_data()
         .convert::<f32>()
         .into_vec::<f32>()
-        .expect("f32 after convert")
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect()
+        .expect("f32 after convert");
+    match dtype {
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        _ => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -249,15 +291,23 @@ fn tensor_of(file: &SafeTensors<'_>, path: &Path, name: &str, shape: &[usize]) -
         message,
     };
     let view = file.tensor(name).map_err(|_| err("missing".into()))?;
-    if view.dtype() != Dtype::F32 {
-        return Err(err(format!("dtype {:?}, expected F32", view.dtype())));
-    }
     if view.shape() != shape {
         return Err(err(format!("shape {:?}, expected {shape:?}", view.shape())));
     }
-    Ok(view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => return Err(err(format!("dtype {other:?}, expected F32, BF16 or F16"))),
+    })
 }
