@@ -78,3 +78,37 @@ pub fn run_on<T: BackendTask>(
         other => Err(not_built(other).into()),
     }
 }
+
+/// Work that trains: generic over an autodiff backend whose inner backend runs inference;
+/// [`run_autodiff_on`] picks the concrete one.
+pub trait AutodiffTask {
+    /// What the work returns.
+    type Output;
+    /// The work's error type (must accept a missing-backend error).
+    type Error: From<ModelError>;
+    /// Runs on backend `B` with its default device.
+    fn run<B>(self, device: B::Device) -> std::result::Result<Self::Output, Self::Error>
+    where
+        B: burn::tensor::backend::AutodiffBackend + AttentionBackend,
+        B::InnerBackend: AttentionBackend;
+}
+
+/// Runs `task` on `Autodiff` over the chosen backend, or says which cargo feature is missing.
+pub fn run_autodiff_on<T: AutodiffTask>(
+    choice: BackendChoice,
+    task: T,
+) -> std::result::Result<T::Output, T::Error> {
+    use burn::backend::Autodiff;
+    match choice {
+        #[cfg(feature = "ndarray")]
+        BackendChoice::Ndarray => {
+            task.run::<Autodiff<burn::backend::NdArray<f32>>>(Default::default())
+        }
+        #[cfg(feature = "wgpu")]
+        BackendChoice::Wgpu => task.run::<Autodiff<burn::backend::Wgpu>>(Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendChoice::Cuda => task.run::<Autodiff<burn::backend::Cuda>>(Default::default()),
+        #[allow(unreachable_patterns)]
+        other => Err(not_built(other).into()),
+    }
+}

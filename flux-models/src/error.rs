@@ -75,6 +75,9 @@ pub enum ModelError {
     /// A corpus the router training data is built from is missing or malformed.
     #[error("{path}: {message}")]
     DataSource { path: PathBuf, message: String },
+    /// Router training cannot start or continue (names the run directory, file or argument).
+    #[error("{path}: {message}")]
+    Training { path: PathBuf, message: String },
     /// A tensor operation of the backend failed.
     #[error("{0}")]
     Attention(#[from] flux_attention::AttentionError),

@@ -25,6 +25,7 @@ pub mod loader;
 pub mod model;
 pub mod router_data;
 pub mod tokenizer;
+pub mod training;
 pub mod weights;
 
 pub use config::{Architecture, RopeScaling, TransformerConfig};

@@ -1,10 +1,14 @@
 //! Router training on the routed model, in f64 on the autodiff backend: gradients through the
-//! soft mixture against finite differences, and training steps that never touch the backbone.
+//! soft mixture against finite differences, the layer-wise recomputation of the trainer
+//! against one backward pass through the whole graph, and training steps that never touch the
+//! backbone.
 //!
 //! Its own test binary: burn-ndarray keeps one default float dtype per device, so f32 and f64
 //! tensors created concurrently in one process can come out in the wrong precision.
 
 mod common;
+
+use std::ops::Range;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
@@ -13,8 +17,10 @@ use burn::tensor::{Tensor, TensorData};
 use common::max_abs_diff;
 use common::routed::{tiny, tokens, values, Randomize};
 use flux_attention::AttentionMode;
+use flux_models::training::{router_gradients, router_gradients_full_graph, StepInput};
 use flux_models::Model;
 use flux_router::{GumbelSoftmax, LayerRouterConfig, RouterSet};
+use flux_router::{SparsityObjective, TaskCategory};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 type AD = Autodiff<NdArray<f64>>;
@@ -193,4 +199,121 @@ fn training_steps_move_the_routers_and_never_the_backbone() {
         values(r.routers[0].forward(q, None).unwrap())
     };
     assert!(max_abs_diff(&logits(&before), &logits(&routers)) > 1e-4);
+}
+
+/// Every float parameter's registered gradient, flattened, in visiting order.
+struct CollectRegistered<'a> {
+    grads: &'a GradientsParams,
+    out: Vec<Vec<f64>>,
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for CollectRegistered<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let g = self
+            .grads
+            .get::<B::InnerBackend, D>(param.id)
+            .map(|g| g.into_data().convert::<f64>().into_vec().unwrap())
+            .unwrap_or_default();
+        self.out.push(g);
+    }
+}
+
+fn grads_of<B: burn::tensor::backend::AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Vec<Vec<f64>> {
+    let mut c = CollectRegistered {
+        grads,
+        out: Vec::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+#[test]
+fn layerwise_recomputation_gives_the_gradients_of_one_backward_pass() {
+    let model = tiny::<AD>("tiny-llama3");
+    let device = Default::default();
+    let config = LayerRouterConfig {
+        head_dim: 16,
+        pool_tokens: 3,
+        full_bias: 0.0,
+    };
+    let routers = RouterSet::<AD>::new(&config, 2, &device).map(&mut Randomize::<AD>::new(11, 3.0));
+    let objective = SparsityObjective::<AD>::new(0.7, 1.3, &device);
+    // Two sequences of different lengths (the second padded), different categories.
+    let mut rng = StdRng::seed_from_u64(5);
+    let ids: Vec<Vec<u32>> = vec![
+        (0..24).map(|_| rng.random_range(3..500)).collect(),
+        (0..17).map(|_| rng.random_range(3..500)).collect(),
+    ];
+    let spans: Vec<Range<usize>> = vec![0..24, 0..17];
+    let pool: Vec<Range<usize>> = vec![0..18, 0..12];
+    let answers: Vec<Range<usize>> = vec![18..24, 12..17];
+    let categories = [TaskCategory::Code, TaskCategory::SingleDocQa];
+    let targets = [1.0, 0.45];
+    let mut padded = ids.clone();
+    padded[1].resize(24, 0);
+    let input = StepInput {
+        spans: &spans,
+        pool_spans: &pool,
+        answers: &answers,
+        ids: &ids,
+        categories: &categories,
+        targets: &targets,
+    };
+    let mode = AttentionMode::Streaming { sink: 2, window: 5 };
+    let mut checked = 0;
+    for seed in 0..4u64 {
+        let (a, sa) = router_gradients(
+            &model,
+            &routers,
+            &objective,
+            common::routed::tokens(&padded),
+            input,
+            mode,
+            1.3,
+            seed,
+            0.5,
+        )
+        .unwrap();
+        let (b, sb) = router_gradients_full_graph(
+            &model,
+            &routers,
+            &objective,
+            common::routed::tokens(&padded),
+            input,
+            mode,
+            1.3,
+            seed,
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(
+            sa.decisions, sb.decisions,
+            "seed {seed}: same noise, same choices"
+        );
+        assert!((sa.lm_loss - sb.lm_loss).abs() < 1e-12);
+        assert!((sa.penalty - sb.penalty).abs() < 1e-12);
+        for (module_a, module_b) in [
+            (grads_of(&routers, &a), grads_of(&routers, &b)),
+            (grads_of(&objective, &a), grads_of(&objective, &b)),
+        ] {
+            assert_eq!(module_a.len(), module_b.len());
+            for (ga, gb) in module_a.iter().zip(&module_b) {
+                assert_eq!(ga.len(), gb.len(), "a gradient is missing on one side");
+                for (x, y) in ga.iter().zip(gb) {
+                    assert!(
+                        (x - y).abs() <= 1e-10 * y.abs().max(1e-3),
+                        "seed {seed}: layer-wise {x} vs whole graph {y}"
+                    );
+                    checked += (y.abs() > 1e-6) as usize;
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 1000,
+        "only {checked} non-zero gradient entries compared"
+    );
 }

@@ -112,11 +112,13 @@ impl<B: AttentionBackend> SelfAttention<B> {
                 sparse_mode,
                 gumbel,
                 rng,
+                pool_spans,
+                forced,
             } => {
                 let logits = router
-                    .forward(q.clone(), Some(spans))
+                    .forward(q.clone(), Some(pool_spans))
                     .map_err(router_error)?;
-                let decision = gumbel.sample(logits, rng);
+                let decision = gumbel.sample_with_choice(logits, rng, forced);
                 let fa = self.attend_each(
                     &q,
                     &k,

@@ -6,8 +6,8 @@ use burn::tensor::{backend::Backend, Tensor};
 /// plain matmul with no copy of the weight.
 #[derive(Debug, Clone)]
 pub struct Linear<B: Backend> {
-    weight_t: Tensor<B, 2>,
-    bias: Option<Tensor<B, 1>>,
+    pub(crate) weight_t: Tensor<B, 2>,
+    pub(crate) bias: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> Linear<B> {

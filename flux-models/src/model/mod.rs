@@ -3,6 +3,7 @@
 //! Weights are plain tensors, not trainable parameters: the backbone is frozen by construction,
 //! so even on an autodiff backend no gradient ever reaches it.
 
+mod backend_map;
 mod decoder_layer;
 mod kv_cache;
 mod linear;
@@ -12,6 +13,7 @@ mod rope;
 mod routing;
 mod timer;
 
+pub use backend_map::{FromInner, TensorMap, ToDevice, ToInner};
 pub use decoder_layer::{DecoderLayer, Mlp, SelfAttention};
 pub use kv_cache::KvCache;
 pub use linear::Linear;
@@ -60,6 +62,20 @@ pub struct TrainForward<B: Backend> {
     pub plan: RoutingPlan,
 }
 
+/// What one training layer needs besides its input (see `Model::train_layer`).
+#[derive(Clone, Copy)]
+pub(crate) struct TrainLayer<'a, B: Backend> {
+    pub ropes: &'a [RopeTables<B>],
+    /// Where each sequence's tokens are (the rest is padding).
+    pub spans: &'a [Range<usize>],
+    /// What each sequence's router pools.
+    pub pool_spans: &'a [Range<usize>],
+    pub router: &'a flux_router::LayerRouter<B>,
+    pub sparse_mode: AttentionMode,
+    pub gumbel: GumbelSoftmax,
+    pub forced: Option<&'a [bool]>,
+}
+
 /// A plan from per-layer hard decisions (`decisions[layer][sequence]`, `true`: full).
 fn plan_from_decisions(
     decisions: &[Vec<bool>],
@@ -86,7 +102,7 @@ fn plan_from_decisions(
     })
 }
 
-impl<B: AttentionBackend> Model<B> {
+impl<B: Backend> Model<B> {
     /// The configuration the model was built from.
     pub fn config(&self) -> &TransformerConfig {
         &self.config
@@ -96,7 +112,9 @@ impl<B: AttentionBackend> Model<B> {
     pub fn device(&self) -> &B::Device {
         &self.device
     }
+}
 
+impl<B: AttentionBackend> Model<B> {
     /// An empty KV cache sized for this model.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.layers.len())
@@ -283,26 +301,24 @@ impl<B: AttentionBackend> Model<B> {
                 message: format!("temperature {} must be positive", gumbel.tau),
             });
         }
-        let ropes: Vec<_> = spans
-            .iter()
-            .map(|s| self.rope.tables::<B>(0, s.len(), &self.device))
-            .collect();
-        let mut x = embedding(self.embed_tokens.clone(), tokens);
+        let ropes = self.rope_tables(&spans);
+        let mut x = self.embed(tokens);
         let mut z_full = Vec::with_capacity(self.layers.len());
         let mut decisions = Vec::with_capacity(self.layers.len());
-        for (layer, router) in self.layers.iter().zip(&routers.routers) {
-            let choice = LayerChoice::Mix {
+        for (l, router) in routers.routers.iter().enumerate() {
+            let step = TrainLayer {
+                ropes: &ropes,
+                spans: &spans,
+                pool_spans: &spans,
                 router,
                 sparse_mode,
                 gumbel,
-                rng: &mut *rng,
+                forced: None,
             };
-            let (y, decision) = layer.forward(x, &ropes, &spans, None, choice, &self.timer)?;
+            let (y, z, full) = self.train_layer(l, x, step, rng)?;
             x = y;
-            if let LayerDecision::Soft(z, full) = decision {
-                z_full.push(z);
-                decisions.push(full);
-            }
+            z_full.push(z);
+            decisions.push(full);
         }
         Ok(TrainForward {
             hidden: self.norm.forward(x),
@@ -311,8 +327,57 @@ impl<B: AttentionBackend> Model<B> {
         })
     }
 
+    /// Token embeddings `[b, n, hidden]` of `tokens` `[b, n]`.
+    pub(crate) fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        embedding(self.embed_tokens.clone(), tokens)
+    }
+
+    /// RoPE tables of each sequence of a batch, from position 0.
+    pub(crate) fn rope_tables(&self, spans: &[Range<usize>]) -> Vec<RopeTables<B>> {
+        spans
+            .iter()
+            .map(|s| self.rope.tables::<B>(0, s.len(), &self.device))
+            .collect()
+    }
+
+    /// The final norm of the hidden states leaving the last layer.
+    pub(crate) fn final_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.norm.forward(x)
+    }
+
+    /// Layer `l` of a training pass: both branches mixed by the router's straight-through
+    /// weights. Returns the layer output, the weights of full attention `[b]` and the hard
+    /// choices.
+    pub(crate) fn train_layer(
+        &self,
+        l: usize,
+        x: Tensor<B, 3>,
+        step: TrainLayer<'_, B>,
+        rng: &mut StdRng,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 1>, Vec<bool>)> {
+        let choice = LayerChoice::Mix {
+            router: step.router,
+            sparse_mode: step.sparse_mode,
+            gumbel: step.gumbel,
+            rng,
+            pool_spans: step.pool_spans,
+            forced: step.forced,
+        };
+        let (y, decision) =
+            self.layers[l].forward(x, step.ropes, step.spans, None, choice, &self.timer)?;
+        match decision {
+            LayerDecision::Soft(z, full) => Ok((y, z, full)),
+            _ => unreachable!("a mixed layer reports soft decisions"),
+        }
+    }
+
+    /// Layers of the model.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Checks a batch of `b` sequences of `n` tokens and its spans; returns the spans.
-    fn check_input(
+    pub(crate) fn check_input(
         &self,
         b: usize,
         n: usize,
@@ -349,7 +414,7 @@ impl<B: AttentionBackend> Model<B> {
         }
     }
 
-    fn check_plan(&self, plan: &RoutingPlan, b: usize) -> Result<()> {
+    pub(crate) fn check_plan(&self, plan: &RoutingPlan, b: usize) -> Result<()> {
         if plan.sequences() != b || plan.num_layers() != self.layers.len() {
             return Err(ModelError::InvalidArgument {
                 argument: "plan".into(),
@@ -364,7 +429,7 @@ impl<B: AttentionBackend> Model<B> {
         Ok(())
     }
 
-    fn check_routers(&self, routers: &RouterSet<B>) -> Result<()> {
+    pub(crate) fn check_routers(&self, routers: &RouterSet<B>) -> Result<()> {
         let invalid = |message: String| ModelError::InvalidArgument {
             argument: "routers".into(),
             message,

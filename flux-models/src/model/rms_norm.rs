@@ -5,8 +5,8 @@ use burn::tensor::{backend::Backend, Tensor};
 /// RMS norm over the last axis.
 #[derive(Debug, Clone)]
 pub struct RmsNorm<B: Backend> {
-    weight: Tensor<B, 1>,
-    eps: f64,
+    pub(crate) weight: Tensor<B, 1>,
+    pub(crate) eps: f64,
 }
 
 impl<B: Backend> RmsNorm<B> {

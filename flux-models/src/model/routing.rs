@@ -1,5 +1,7 @@
 //! How a forward pass chooses each layer's attention: full, a plan, or the routers.
 
+use std::ops::Range;
+
 use burn::tensor::{backend::Backend, Tensor};
 use flux_attention::AttentionMode;
 use flux_router::{GumbelSoftmax, LayerRouter, RouterSet, RoutingPlan};
@@ -47,6 +49,10 @@ pub(crate) enum LayerChoice<'a, B: Backend> {
         sparse_mode: AttentionMode,
         gumbel: GumbelSoftmax,
         rng: &'a mut StdRng,
+        /// The tokens each sequence's router pools (the prompt, without the answer).
+        pool_spans: &'a [Range<usize>],
+        /// Hard choices to repeat (a recomputation), instead of the sampled ones.
+        forced: Option<&'a [bool]>,
     },
 }
 

@@ -1,0 +1,372 @@
+//! Router gradients by layer-wise recomputation: memory of one layer's graph instead of all.
+//!
+//! Only the routers (and the constraint multipliers) train, so the backbone's activations need
+//! no gradient of their own. A step runs:
+//! 1. a forward pass with no graph (untracked routers), keeping each layer's input `x_l` and
+//!    its hard choices; every layer draws its Gumbel noise from its own seeded generator;
+//! 2. the LM loss on the answer tokens from the last hidden state (a fresh leaf), whose
+//!    backward gives `g_L = dLoss/dx_L`; the sparsity penalty from the hard choices, whose
+//!    backward gives the multipliers' gradients and `dP/ds`;
+//! 3. for `l = L-1 .. 0`: layer `l` again, from a leaf copy of `x_l`, with the tracked router,
+//!    the same noise and the same choices; the surrogate `sum(y_l * g_{l+1}) + sum(z_l * c)`
+//!    (`c = dP/ds * ds/dz_l`) backpropagates into router `l` and gives `g_l = dLoss/dx_l`.
+//!
+//! The gradients equal those of one backward pass through the whole graph (a test checks it
+//! in float64); the cost is two forward passes and one backward pass.
+
+use std::ops::Range;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{
+    activation::log_softmax,
+    backend::{AutodiffBackend, Backend},
+    Int, Tensor, TensorData,
+};
+use flux_attention::{AttentionBackend, AttentionMode};
+use flux_router::{GumbelSoftmax, RouterSet, SparsityObjective, TaskCategory};
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::error::{ModelError, Result};
+use crate::model::{Model, TrainLayer};
+
+/// What a training step measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    /// Mean next-token loss over the answer tokens of the batch.
+    pub lm_loss: f64,
+    /// Answer tokens scored.
+    pub lm_tokens: usize,
+    /// The sparsity penalty (mean over the batch).
+    pub penalty: f64,
+    /// Share of sparse layers of each sequence (hard choices).
+    pub sparsity: Vec<f64>,
+    /// `decisions[layer][sequence]`: `true` for full attention.
+    pub decisions: Vec<Vec<bool>>,
+}
+
+/// One batch of a routed training step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    /// Where each sequence's tokens are.
+    pub spans: &'a [Range<usize>],
+    /// What each sequence's router pools.
+    pub pool_spans: &'a [Range<usize>],
+    /// The tokens the LM loss scores, per sequence.
+    pub answers: &'a [Range<usize>],
+    /// The token ids, per sequence (labels are read from them).
+    pub ids: &'a [Vec<u32>],
+    /// Category of each sequence.
+    pub categories: &'a [TaskCategory],
+    /// Sparsity target of each sequence.
+    pub targets: &'a [f64],
+}
+
+/// The generator of layer `layer`'s Gumbel noise in the step seeded `seed`.
+fn layer_rng(seed: u64, layer: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (layer as u64 + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93))
+}
+
+/// Adds `scale` times the gradient of every float parameter of the visited module found in
+/// `grads` into `into`.
+struct AddGrads<'a, B: AutodiffBackend> {
+    grads: &'a mut B::Gradients,
+    into: &'a mut GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for AddGrads<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = param.val().grad_remove(self.grads) {
+            let total = match self.into.remove::<B::InnerBackend, D>(param.id) {
+                Some(t) => t + g,
+                None => g,
+            };
+            self.into.register::<B::InnerBackend, D>(param.id, total);
+        }
+    }
+}
+
+/// Gradients of `scale * (LM loss + penalty)` for the routers and the multipliers, by
+/// layer-wise recomputation (see the module docs), with Gumbel temperature `tau`.
+#[allow(clippy::too_many_arguments)]
+pub fn router_gradients<B>(
+    model: &Model<B>,
+    routers: &RouterSet<B>,
+    objective: &SparsityObjective<B>,
+    tokens: Tensor<B, 2, Int>,
+    input: StepInput<'_>,
+    sparse_mode: AttentionMode,
+    tau: f64,
+    seed: u64,
+    scale: f64,
+) -> Result<(GradientsParams, StepStats)>
+where
+    B: AutodiffBackend + AttentionBackend,
+{
+    let [b, n] = tokens.dims();
+    let spans = model.check_input(b, n, Some(input.spans))?;
+    model.check_routers(routers)?;
+    check_batch(&input, b, n)?;
+    let gumbel = GumbelSoftmax::straight_through(tau);
+    let device = model.device().clone();
+    let ropes = model.rope_tables(&spans);
+    let num_layers = model.num_layers();
+
+    // 1. Forward with no graph: untracked routers, untracked backbone.
+    let frozen = routers.clone().no_grad();
+    let mut inputs = Vec::with_capacity(num_layers);
+    let mut decisions = Vec::with_capacity(num_layers);
+    let mut x = model.embed(tokens);
+    for l in 0..num_layers {
+        inputs.push(x.clone());
+        let step = TrainLayer {
+            ropes: &ropes,
+            spans: &spans,
+            pool_spans: input.pool_spans,
+            router: &frozen.routers[l],
+            sparse_mode,
+            gumbel,
+            forced: None,
+        };
+        let (y, _, full) = model.train_layer(l, x, step, &mut layer_rng(seed, l))?;
+        decisions.push(full);
+        x = y;
+    }
+
+    // 2. The LM loss from the top, and the penalty from the hard choices.
+    let top = x.detach().require_grad();
+    let (lm, lm_tokens) = answer_loss(model, top.clone(), &input)?;
+    let lm_value = scalar(lm.clone());
+    if !lm_value.is_finite() {
+        return Err(ModelError::InvalidArgument {
+            argument: "training".into(),
+            message: format!("the LM loss is not finite ({lm_value})"),
+        });
+    }
+    let mut grads = lm.mul_scalar(scale).backward();
+    let mut g = top
+        .grad(&grads)
+        .ok_or_else(|| internal("no gradient reached the last layer"))?;
+
+    let sparsity: Vec<f64> = (0..b)
+        .map(|i| decisions.iter().filter(|d| !d[i]).count() as f64 / num_layers as f64)
+        .collect();
+    let s = Tensor::<B, 1>::from_data(
+        TensorData::new(sparsity.clone(), [b]).convert::<B::FloatElem>(),
+        &device,
+    )
+    .require_grad();
+    let penalty = objective
+        .penalty(s.clone(), input.categories, input.targets)
+        .map_err(|e| internal(&e.to_string()))?;
+    let penalty_value = scalar(penalty.clone());
+    if !penalty_value.is_finite() {
+        return Err(ModelError::InvalidArgument {
+            argument: "training".into(),
+            message: format!("the sparsity penalty is not finite ({penalty_value})"),
+        });
+    }
+    let mut out = GradientsParams::new();
+    let mut penalty_grads = penalty.mul_scalar(scale).backward();
+    // ds_i / dz_{l,i} = -1 / L for every layer.
+    let dp_ds = s
+        .grad(&penalty_grads)
+        .ok_or_else(|| internal("no gradient reached the sparsity"))?;
+    let c = Tensor::<B, 1>::from_inner(dp_ds.div_scalar(-(num_layers as f64)));
+    objective.visit(&mut AddGrads::<B> {
+        grads: &mut penalty_grads,
+        into: &mut out,
+    });
+
+    // 3. Layer by layer, from the top: recompute, backpropagate, pass the gradient down.
+    for l in (0..num_layers).rev() {
+        let leaf = inputs[l].clone().require_grad();
+        let step = TrainLayer {
+            ropes: &ropes,
+            spans: &spans,
+            pool_spans: input.pool_spans,
+            router: &routers.routers[l],
+            sparse_mode,
+            gumbel,
+            forced: Some(&decisions[l]),
+        };
+        let (y, z, _) = model.train_layer(l, leaf.clone(), step, &mut layer_rng(seed, l))?;
+        let surrogate = (y * Tensor::from_inner(g)).sum() + (z * c.clone()).sum();
+        grads = surrogate.backward();
+        routers.routers[l].visit(&mut AddGrads::<B> {
+            grads: &mut grads,
+            into: &mut out,
+        });
+        g = match leaf.grad(&grads) {
+            Some(g) => g,
+            None if l == 0 => break,
+            None => return Err(internal("no gradient reached a layer input")),
+        };
+    }
+    Ok((
+        out,
+        StepStats {
+            lm_loss: lm_value,
+            lm_tokens,
+            penalty: penalty_value,
+            sparsity,
+            decisions,
+        },
+    ))
+}
+
+/// The same gradients as [`router_gradients`] by one backward pass through the whole graph
+/// (the straightforward way: memory holds every layer's graph). The reference the
+/// recomputation is tested against; fine for small models and short sequences.
+#[allow(clippy::too_many_arguments)]
+pub fn router_gradients_full_graph<B>(
+    model: &Model<B>,
+    routers: &RouterSet<B>,
+    objective: &SparsityObjective<B>,
+    tokens: Tensor<B, 2, Int>,
+    input: StepInput<'_>,
+    sparse_mode: AttentionMode,
+    tau: f64,
+    seed: u64,
+    scale: f64,
+) -> Result<(GradientsParams, StepStats)>
+where
+    B: AutodiffBackend + AttentionBackend,
+{
+    let [b, n] = tokens.dims();
+    let spans = model.check_input(b, n, Some(input.spans))?;
+    model.check_routers(routers)?;
+    check_batch(&input, b, n)?;
+    let gumbel = GumbelSoftmax::straight_through(tau);
+    let ropes = model.rope_tables(&spans);
+    let mut x = model.embed(tokens);
+    let mut z_full = Vec::new();
+    let mut decisions = Vec::new();
+    for l in 0..model.num_layers() {
+        let step = TrainLayer {
+            ropes: &ropes,
+            spans: &spans,
+            pool_spans: input.pool_spans,
+            router: &routers.routers[l],
+            sparse_mode,
+            gumbel,
+            forced: None,
+        };
+        let (y, z, full) = model.train_layer(l, x, step, &mut layer_rng(seed, l))?;
+        x = y;
+        z_full.push(z);
+        decisions.push(full);
+    }
+    let (lm, lm_tokens) = answer_loss(model, x, &input)?;
+    let s = flux_router::sparsity_of(&z_full).map_err(|e| internal(&e.to_string()))?;
+    let sparsity: Vec<f64> = s
+        .clone()
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .unwrap_or_default();
+    let penalty = objective
+        .penalty(s, input.categories, input.targets)
+        .map_err(|e| internal(&e.to_string()))?;
+    let (lm_value, penalty_value) = (scalar(lm.clone()), scalar(penalty.clone()));
+    let mut grads = (lm + penalty).mul_scalar(scale).backward();
+    let mut out = GradientsParams::new();
+    routers.visit(&mut AddGrads::<B> {
+        grads: &mut grads,
+        into: &mut out,
+    });
+    objective.visit(&mut AddGrads::<B> {
+        grads: &mut grads,
+        into: &mut out,
+    });
+    Ok((
+        out,
+        StepStats {
+            lm_loss: lm_value,
+            lm_tokens,
+            penalty: penalty_value,
+            sparsity,
+            decisions,
+        },
+    ))
+}
+
+/// Mean next-token loss over the answer tokens, from hidden states `[b, n, hidden]` that leave
+/// the last layer (before the final norm); returns the loss `[1]` and the tokens scored.
+pub fn answer_loss<B: AttentionBackend>(
+    model: &Model<B>,
+    hidden: Tensor<B, 3>,
+    input: &StepInput<'_>,
+) -> Result<(Tensor<B, 1>, usize)> {
+    let normed = model.final_norm(hidden);
+    let [_, _, d] = normed.dims();
+    let mut rows = Vec::with_capacity(input.answers.len());
+    let mut labels = Vec::new();
+    for (i, answer) in input.answers.iter().enumerate() {
+        rows.push(
+            normed
+                .clone()
+                .narrow(0, i, 1)
+                .narrow(1, answer.start - 1, answer.len())
+                .reshape([answer.len(), d]),
+        );
+        labels.extend(input.ids[i][answer.clone()].iter().map(|&t| t as i64));
+    }
+    let count = labels.len();
+    let rows = Tensor::cat(rows, 0).reshape([1, count, d]);
+    let logits = model.logits(rows);
+    let logp = log_softmax(logits, 2);
+    let labels =
+        Tensor::<B, 3, Int>::from_data(TensorData::new(labels, [1, count, 1]), model.device());
+    let nll = logp.gather(2, labels).neg().mean().reshape([1]);
+    Ok((nll, count))
+}
+
+/// Checks answers and ids against the batch of `b` sequences of `n` tokens.
+fn check_batch(input: &StepInput<'_>, b: usize, n: usize) -> Result<()> {
+    let invalid = |message: String| ModelError::InvalidArgument {
+        argument: "batch".into(),
+        message,
+    };
+    for (name, len) in [
+        ("pool spans", input.pool_spans.len()),
+        ("answers", input.answers.len()),
+        ("ids", input.ids.len()),
+        ("categories", input.categories.len()),
+        ("targets", input.targets.len()),
+    ] {
+        if len != b {
+            return Err(invalid(format!("{len} {name} for {b} sequences")));
+        }
+    }
+    for i in 0..b {
+        let (a, p, len) = (&input.answers[i], &input.pool_spans[i], input.ids[i].len());
+        if a.start == 0 || a.is_empty() || a.end > len || len > n {
+            return Err(invalid(format!(
+                "sequence {i}: answer {a:?} must be non-empty, after the first token and within {len} tokens"
+            )));
+        }
+        if p.is_empty() || p.end > a.start {
+            return Err(invalid(format!(
+                "sequence {i}: pooled span {p:?} must be non-empty and end before the answer at {}",
+                a.start
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .map(|v| v[0])
+        .unwrap_or(f64::NAN)
+}
+
+fn internal(message: &str) -> ModelError {
+    ModelError::InvalidArgument {
+        argument: "training".into(),
+        message: message.into(),
+    }
+}

@@ -1,0 +1,185 @@
+//! The data loader of router training: "virtual epochs" of a fixed number of optimizer steps
+//! over a seeded, endless sequence of shuffled passes, so that an epoch's batches depend only on
+//! its number. A resumed run starts at the next epoch and sees exactly the batches an
+//! uninterrupted run would have seen; no loader state needs saving.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::tensor::backend::Backend;
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+
+use super::batch::RouterBatch;
+use crate::router_data::RouterSample;
+
+/// Batches of router samples, epoch by epoch.
+pub struct RouterLoader<B: Backend> {
+    samples: Arc<Vec<RouterSample>>,
+    /// `Some(seed)`: shuffled passes; `None`: the samples in file order (validation).
+    shuffle_seed: Option<u64>,
+    batch_size: usize,
+    items_per_epoch: usize,
+    /// The part of each epoch's items this loader serves (all of them, or one device's share).
+    share: Range<usize>,
+    /// The epoch the next `iter()` serves (0-based); shared by clones moved to a device.
+    next_epoch: Arc<AtomicUsize>,
+    device: B::Device,
+}
+
+impl<B: Backend> RouterLoader<B> {
+    /// A training loader: epochs of `items_per_epoch` samples (a multiple of `batch_size`)
+    /// drawn from shuffled passes over `samples`, starting at epoch `first_epoch` (0-based; a
+    /// resumed run passes the number of epochs already done).
+    pub fn training(
+        samples: Arc<Vec<RouterSample>>,
+        batch_size: usize,
+        items_per_epoch: usize,
+        seed: u64,
+        first_epoch: usize,
+        device: B::Device,
+    ) -> Self {
+        Self {
+            samples,
+            shuffle_seed: Some(seed),
+            batch_size: batch_size.max(1),
+            items_per_epoch,
+            share: 0..items_per_epoch,
+            next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
+            device,
+        }
+    }
+
+    /// A validation loader: every sample, in order, every epoch.
+    pub fn validation(
+        samples: Arc<Vec<RouterSample>>,
+        batch_size: usize,
+        device: B::Device,
+    ) -> Self {
+        let n = samples.len();
+        Self {
+            samples,
+            shuffle_seed: None,
+            batch_size: batch_size.max(1),
+            items_per_epoch: n,
+            share: 0..n,
+            next_epoch: Arc::new(AtomicUsize::new(0)),
+            device,
+        }
+    }
+
+    /// The sample indices of epoch `epoch`, this loader's share.
+    pub fn epoch_indices(&self, epoch: usize) -> Vec<usize> {
+        let n = self.samples.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let Some(seed) = self.shuffle_seed else {
+            return self.share.clone().collect();
+        };
+        let first = epoch * self.items_per_epoch;
+        let mut pass_cache: Option<(usize, Vec<usize>)> = None;
+        self.share
+            .clone()
+            .map(|i| {
+                let global = first + i;
+                let (pass, offset) = (global / n, global % n);
+                if pass_cache.as_ref().is_none_or(|(p, _)| *p != pass) {
+                    pass_cache = Some((pass, permutation(n, seed, pass)));
+                }
+                pass_cache.as_ref().expect("filled above").1[offset]
+            })
+            .collect()
+    }
+
+    fn with_share(&self, share: Range<usize>, device: B::Device) -> Self {
+        Self {
+            samples: self.samples.clone(),
+            shuffle_seed: self.shuffle_seed,
+            batch_size: self.batch_size,
+            items_per_epoch: self.items_per_epoch,
+            share,
+            // A share (one device of several) counts its own epochs.
+            next_epoch: Arc::new(AtomicUsize::new(self.next_epoch.load(Ordering::SeqCst))),
+            device,
+        }
+    }
+}
+
+/// The seeded permutation of pass `pass` over `n` samples.
+fn permutation(n: usize, seed: u64, pass: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mixed = seed
+        ^ (pass as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    order.shuffle(&mut StdRng::seed_from_u64(mixed));
+    order
+}
+
+struct RouterLoaderIter<'a, B: Backend> {
+    loader: &'a RouterLoader<B>,
+    indices: Vec<usize>,
+    position: usize,
+}
+
+impl<B: Backend> Iterator for RouterLoaderIter<'_, B> {
+    type Item = RouterBatch<B>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.position >= self.indices.len() {
+            return None;
+        }
+        let end = (self.position + self.loader.batch_size).min(self.indices.len());
+        let samples: Vec<&RouterSample> = self.indices[self.position..end]
+            .iter()
+            .map(|&i| &self.loader.samples[i])
+            .collect();
+        self.position = end;
+        Some(RouterBatch::new(&samples, &self.loader.device))
+    }
+}
+
+impl<B: Backend> DataLoaderIterator<RouterBatch<B>> for RouterLoaderIter<'_, B> {
+    fn progress(&self) -> Progress {
+        Progress::new(self.position, self.indices.len())
+    }
+}
+
+impl<B: Backend> DataLoader<B, RouterBatch<B>> for RouterLoader<B> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<RouterBatch<B>> + 'a> {
+        let epoch = if self.shuffle_seed.is_some() {
+            self.next_epoch.fetch_add(1, Ordering::SeqCst)
+        } else {
+            0
+        };
+        Box::new(RouterLoaderIter {
+            loader: self,
+            indices: self.epoch_indices(epoch),
+            position: 0,
+        })
+    }
+
+    fn num_items(&self) -> usize {
+        self.share.len()
+    }
+
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, RouterBatch<B>>> {
+        Arc::new(Self {
+            samples: self.samples.clone(),
+            shuffle_seed: self.shuffle_seed,
+            batch_size: self.batch_size,
+            items_per_epoch: self.items_per_epoch,
+            share: self.share.clone(),
+            next_epoch: self.next_epoch.clone(),
+            device: device.clone(),
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, RouterBatch<B>>> {
+        let s = self.share.start;
+        let share = (s + start).min(self.share.end)..(s + end).min(self.share.end);
+        Arc::new(self.with_share(share, self.device.clone()))
+    }
+}

@@ -1,0 +1,287 @@
+//! Router training with the burn-train loop on tiny checkpoints (ndarray, f32): it trains, logs,
+//! writes checkpoints atomically, resumes exactly, refuses bad runs and never touches the
+//! backbone. (The layer-wise gradients are checked in float64 in `router_gradients.rs`.)
+
+mod common;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::Tensor;
+use common::routed::{tiny, values};
+use flux_attention::AttentionMode;
+use flux_models::router_data::RouterSample;
+use flux_models::training::{
+    latest_complete_epoch, train_routers, TrainConfig, TrainDisplay, CHECKPOINT_EXTENSION,
+};
+use flux_models::{Model, Routing};
+use flux_router::{RouterSet, TaskCategory};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+type AD = Autodiff<NdArray<f32>>;
+
+/// Samples of random tokens: a prompt and a short answer, every category.
+fn samples(n: usize, seed: u64, len: Range<usize>) -> Vec<RouterSample> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let total = rng.random_range(len.clone());
+            let ids: Vec<u32> = (0..total).map(|_| rng.random_range(3..500)).collect();
+            let category = TaskCategory::ALL[i % TaskCategory::ALL.len()];
+            RouterSample {
+                ids,
+                prompt_span: 1..total - 4,
+                answer: total - 4..total,
+                category,
+                target: category.default_target(),
+                family: "synthetic".into(),
+            }
+        })
+        .collect()
+}
+
+fn config(steps: usize, every: usize) -> TrainConfig {
+    TrainConfig {
+        steps,
+        checkpoint_every: every,
+        batch_size: 2,
+        accumulation: 2,
+        lr: 5e-2,
+        warmup_fraction: 0.0,
+        lambda_lr_ratio: 4.0,
+        lambda_init: (0.5, 0.5),
+        sparse_mode: AttentionMode::Streaming { sink: 2, window: 6 },
+        pool_tokens: 4,
+        seed: 3,
+        max_valid: 4,
+        ..TrainConfig::default()
+    }
+}
+
+fn run_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flux-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn train(
+    model: &Model<AD>,
+    config: &TrainConfig,
+    dir: &Path,
+    resume: bool,
+) -> flux_models::Result<flux_models::training::TrainOutcome<NdArray<f32>>> {
+    train_routers(
+        model.clone(),
+        samples(40, 1, 20..40),
+        samples(4, 2, 20..40),
+        "test-data",
+        config,
+        dir,
+        resume,
+        TrainDisplay::Quiet { every: 1000 },
+    )
+}
+
+fn router_values(r: &RouterSet<NdArray<f32>>) -> Vec<f64> {
+    let q = Tensor::<NdArray<f32>, 4>::ones([1, 4, 10, 16], &Default::default());
+    r.routers
+        .iter()
+        .flat_map(|l| values(l.forward(q.clone(), None).unwrap()))
+        .collect()
+}
+
+fn metric_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn burn_train_loop_trains_checkpoints_and_resumes_exactly() {
+    let model = tiny::<AD>("tiny-llama3");
+    let reference = values(
+        model
+            .forward(
+                common::routed::tokens(&[(5..30).collect()]),
+                &mut model.new_cache(),
+            )
+            .unwrap(),
+    );
+    // Uninterrupted: 3 checkpoint intervals of 2 steps.
+    let full_dir = run_dir("full");
+    let full = train(&model, &config(6, 2), &full_dir, false).unwrap();
+    assert_eq!(full.steps_run, 6);
+    let ckpt = full_dir.join("checkpoint");
+    assert_eq!(latest_complete_epoch(&ckpt, CHECKPOINT_EXTENSION), Some(3));
+    // No temporary file is left behind.
+    for e in std::fs::read_dir(&ckpt).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with(".partial"),
+            "{name} left in {}",
+            ckpt.display()
+        );
+    }
+
+    // Killed right after the first checkpoint: its run.json and checkpoint 1 only.
+    let killed = run_dir("killed");
+    std::fs::create_dir_all(killed.join("checkpoint")).unwrap();
+    std::fs::copy(full_dir.join("run.json"), killed.join("run.json")).unwrap();
+    for kind in ["model", "optim", "scheduler"] {
+        let name = format!("{kind}-1.{CHECKPOINT_EXTENSION}");
+        std::fs::copy(ckpt.join(&name), killed.join("checkpoint").join(&name)).unwrap();
+    }
+    let resumed = train(&model, &config(6, 2), &killed, true).unwrap();
+    assert_eq!(resumed.resumed_from_epoch, 1);
+    assert_eq!(resumed.steps_run, 4);
+    let (a, b) = (
+        router_values(&full.routers),
+        router_values(&resumed.routers),
+    );
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-5, "resumed routers differ by {diff}");
+    assert_eq!(full.multipliers, resumed.multipliers);
+
+    // The multipliers rose for every category below its target (all start all-full).
+    for (l1, l2) in full.multipliers.0.iter().zip(&full.multipliers.1) {
+        assert!(
+            *l1 > 0.5 && *l2 > 0.5,
+            "lambda1 {l1}, lambda2 {l2} did not rise"
+        );
+    }
+    // The step log has every step and a validation line per interval.
+    let lines = metric_lines(&full_dir);
+    let train_lines = lines.iter().filter(|l| l["split"] == "train").count();
+    let valid_lines = lines.iter().filter(|l| l["split"] == "valid").count();
+    assert_eq!(train_lines, 6 * 2, "one line per micro-batch");
+    assert_eq!(valid_lines, 3);
+    assert!(lines[0]["lm_loss"].as_f64().unwrap().is_finite());
+
+    // The backbone computes what it computed before.
+    let after = values(
+        model
+            .forward(
+                common::routed::tokens(&[(5..30).collect()]),
+                &mut model.new_cache(),
+            )
+            .unwrap(),
+    );
+    assert_eq!(reference, after);
+
+    // A finished run, a run folder reused without --resume, another model: clear errors.
+    let err = train(&model, &config(6, 2), &full_dir, true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("complete"), "{err}");
+    let err = train(&model, &config(6, 2), &full_dir, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--resume"), "{err}");
+    let other = tiny::<AD>("tiny-qwen3");
+    let err = train_routers(
+        other,
+        samples(40, 1, 20..40),
+        samples(4, 2, 20..40),
+        "test-data",
+        &config(6, 2),
+        &killed,
+        true,
+        TrainDisplay::Quiet { every: 1000 },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("another model"), "{err}");
+    let err = train(&model, &config(8, 2), &killed, true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("other settings"), "{err}");
+    let _ = std::fs::remove_dir_all(&full_dir);
+    let _ = std::fs::remove_dir_all(&killed);
+}
+
+#[test]
+fn sparsity_rises_toward_the_target_and_the_router_file_changes_the_plan() {
+    let model = tiny::<AD>("tiny-llama3");
+    let dir = run_dir("sparsity");
+    let mut cfg = config(16, 8);
+    cfg.lr = 0.1;
+    cfg.lambda_init = (2.0, 2.0);
+    let out = train_routers(
+        model.clone(),
+        samples(40, 1, 20..40)
+            .into_iter()
+            .map(|mut s| {
+                s.category = TaskCategory::Code;
+                s.target = 1.0;
+                s
+            })
+            .collect(),
+        samples(4, 2, 20..40),
+        "test-data",
+        &cfg,
+        &dir,
+        false,
+        TrainDisplay::Quiet { every: 1000 },
+    )
+    .unwrap();
+    let lines = metric_lines(&dir);
+    let sparsity: Vec<f64> = lines
+        .iter()
+        .filter(|l| l["split"] == "train")
+        .filter_map(|l| l["sparsity_code"].as_f64())
+        .collect();
+    let (first, last) = (
+        sparsity[..4].iter().sum::<f64>(),
+        sparsity[sparsity.len() - 4..].iter().sum::<f64>(),
+    );
+    assert!(
+        last > first + 1.0,
+        "sparsity of code went from {first} to {last} (sums of 4 steps)"
+    );
+    // Saved, loaded and used at prefill: the routers now choose sparse layers.
+    let path = dir.join("routers.safetensors");
+    let inner = tiny::<NdArray<f32>>("tiny-llama3");
+    let meta = inner.router_meta(cfg.sparse_mode, cfg.pool_tokens);
+    out.routers
+        .save_as(&meta, &path, flux_router::Dtype::BF16)
+        .unwrap();
+    let (loaded, _) = RouterSet::<NdArray<f32>>::load(&path, &meta, &Default::default()).unwrap();
+    let mut cache = inner.new_cache();
+    let prompt = common::routed::tokens::<NdArray<f32>>(&[(5..35).collect()]);
+    inner
+        .forward_routed(
+            prompt,
+            None,
+            &mut cache,
+            Routing::Routers {
+                routers: &loaded,
+                sparse_mode: cfg.sparse_mode,
+            },
+        )
+        .unwrap();
+    let plan = cache.plan().unwrap();
+    assert!(plan.sparse_layers(0) > 0, "plan {}", plan.layer_string(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_with_a_clear_error_and_no_checkpoint() {
+    let model = tiny::<AD>("tiny-llama3");
+    let dir = run_dir("nan");
+    let mut cfg = config(4, 2);
+    cfg.lambda_init = (f32::NAN, 0.0);
+    let err = train(&model, &cfg, &dir, false).unwrap_err().to_string();
+    assert!(err.contains("not finite"), "{err}");
+    assert_eq!(
+        latest_complete_epoch(&dir.join("checkpoint"), CHECKPOINT_EXTENSION),
+        None
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
