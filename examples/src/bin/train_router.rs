@@ -1,0 +1,274 @@
+//! Trains the Layer Routers of a frozen model on router data (`make_router_data`), with
+//! burn-train: checkpoints every K steps, `--resume`, metrics while it runs, and a router file
+//! that `generate`, `perplexity` and `e2e` take with `--router`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use flux_attention::AttentionBackend;
+use flux_examples::routing_args::SparseModeArgs;
+use flux_models::backend::{run_autodiff_on, AutodiffTask, BackendChoice};
+use flux_models::router_data::{read_split, RouterSample};
+use flux_models::training::{train_routers, RunManifest, TrainConfig, TrainDisplay};
+use flux_models::{load, ModelError};
+use flux_router::Dtype;
+use sha2::{Digest, Sha256};
+
+/// Train flux Layer Routers for a frozen Llama / Qwen model.
+#[derive(Parser, Clone)]
+struct Args {
+    /// Model folder (config.json, *.safetensors, tokenizer.json) or GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Router data folder from make_router_data (train.bin.gz, valid.bin.gz, manifest.json).
+    #[arg(long)]
+    data: PathBuf,
+    /// Where the trained routers are written (safetensors), with `<out>.manifest.json` beside.
+    #[arg(long)]
+    out: PathBuf,
+    /// Run folder (checkpoints, logs, metrics.jsonl); default `<out without extension>-run`.
+    #[arg(long, conflicts_with = "resume")]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in this folder from its newest complete checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    accum: usize,
+    /// Optimizer steps between checkpoints.
+    #[arg(long, default_value_t = 25)]
+    checkpoint_every: usize,
+    /// Drop samples longer than this many tokens.
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Peak learning rate of the routers.
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    /// Learning rate of the multipliers over the routers'.
+    #[arg(long, default_value_t = 2.0)]
+    lambda_lr_ratio: f64,
+    /// Initial lambda1 and lambda2 of every category.
+    #[arg(long, default_value_t = 0.0)]
+    lambda_init: f32,
+    /// Seed of the data order and the Gumbel noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Validation samples scored at each checkpoint.
+    #[arg(long, default_value_t = 32)]
+    max_valid: usize,
+    /// A progress line every N steps (without the terminal UI).
+    #[arg(long, default_value_t = 10)]
+    print_every: usize,
+    /// Stop at the first checkpoint after this many seconds, write the routers of that
+    /// checkpoint (the manifest says the run is partial), and leave the run to `--resume`.
+    #[arg(long)]
+    time_limit: Option<f64>,
+    /// Never use the terminal UI.
+    #[arg(long)]
+    quiet: bool,
+    /// Storage type of the router file.
+    #[arg(long, default_value = "bf16", value_parser = ["f32", "bf16"])]
+    router_dtype: String,
+    /// Backend to run on.
+    #[arg(long, default_value_t = BackendChoice::Ndarray)]
+    backend: BackendChoice,
+    #[command(flatten)]
+    sparse: SparseModeArgs,
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+fn read_data(
+    dir: &Path,
+    seq_len: Option<usize>,
+) -> Result<(Vec<RouterSample>, Vec<RouterSample>, String)> {
+    if !dir.is_dir() {
+        bail!(
+            "{}: not a router data folder (make it with make_router_data)",
+            dir.display()
+        );
+    }
+    let train_path = dir.join("train.bin.gz");
+    let valid_path = dir.join("valid.bin.gz");
+    let mut train = read_split(&train_path)?;
+    let mut valid = read_split(&valid_path)?;
+    if let Some(max) = seq_len {
+        let (t, v) = (train.len(), valid.len());
+        train.retain(|s| s.ids.len() <= max);
+        valid.retain(|s| s.ids.len() <= max);
+        eprintln!(
+            "--seq-len {max}: kept {} of {t} training and {} of {v} validation samples",
+            train.len(),
+            valid.len()
+        );
+        if train.is_empty() || valid.is_empty() {
+            bail!("--seq-len {max} leaves no training or no validation sample");
+        }
+    }
+    Ok((train, valid, sha256_of(&train_path)?))
+}
+
+impl Args {
+    fn config(&self) -> Result<TrainConfig> {
+        let sparse_mode = self.sparse.mode();
+        sparse_mode.validate()?;
+        Ok(TrainConfig {
+            steps: self.steps,
+            batch_size: self.batch,
+            accumulation: self.accum,
+            checkpoint_every: self.checkpoint_every,
+            lr: self.lr,
+            lambda_lr_ratio: self.lambda_lr_ratio,
+            lambda_init: (self.lambda_init, self.lambda_init),
+            sparse_mode,
+            seed: self.seed,
+            max_valid: self.max_valid,
+            time_limit: self.time_limit,
+            ..TrainConfig::default()
+        })
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        if let Some(dir) = self.resume.clone().or_else(|| self.run_dir.clone()) {
+            return dir;
+        }
+        let stem = self
+            .out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "routers".into());
+        self.out.with_file_name(format!("{stem}-run"))
+    }
+}
+
+impl AutodiffTask for Args {
+    type Output = ();
+    type Error = anyhow::Error;
+
+    fn run<B>(self, device: B::Device) -> Result<()>
+    where
+        B: burn::tensor::backend::AutodiffBackend + AttentionBackend,
+        B::InnerBackend: AttentionBackend,
+    {
+        let config = self.config()?;
+        let dir = self.run_dir();
+        let (train, valid, data_sha) = read_data(&self.data, self.seq_len)?;
+        let loaded = load::<B>(&self.model, &device)?;
+        let meta = loaded
+            .model
+            .router_meta(config.sparse_mode, config.pool_tokens);
+        let (n_train, n_valid) = (train.len(), valid.len());
+        eprintln!(
+            "training routers for {} ({} layers) on {n_train} samples ({n_valid} for validation), {} steps, run folder {}",
+            meta.architecture,
+            meta.num_layers,
+            config.steps,
+            dir.display()
+        );
+        let display = if self.quiet {
+            TrainDisplay::Quiet {
+                every: self.print_every,
+            }
+        } else {
+            TrainDisplay::Terminal
+        };
+        let start = Instant::now();
+        let outcome = train_routers(
+            loaded.model,
+            train,
+            valid,
+            &data_sha,
+            &config,
+            &dir,
+            self.resume.is_some(),
+            display,
+        )?;
+        let seconds = start.elapsed().as_secs_f64();
+        if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+        }
+        let dtype = if self.router_dtype == "f32" {
+            Dtype::F32
+        } else {
+            Dtype::BF16
+        };
+        outcome
+            .routers
+            .save_as(&meta, &self.out, dtype)
+            .with_context(|| format!("writing {}", self.out.display()))?;
+        let last_valid = last_valid_metrics(&dir.join("metrics.jsonl"));
+        let manifest = serde_json::json!({
+            "router_file": self.out.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "router_sha256": sha256_of(&self.out)?,
+            "router_dtype": self.router_dtype,
+            "model": self.model.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "router_meta": meta,
+            "data": self.data.display().to_string(),
+            "train_data_sha256": data_sha,
+            "data_manifest": std::fs::read_to_string(self.data.join("manifest.json")).ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
+            "train_samples": n_train,
+            "valid_samples": n_valid,
+            "config": RunManifest::read(&dir).ok().map(|m| m.config),
+            "completed": outcome.completed,
+            "checkpoint_intervals_done": outcome.epochs_done,
+            "steps_done": outcome.epochs_done * config.checkpoint_every,
+            "steps_run_by_this_call": outcome.steps_run,
+            "resumed_from_checkpoint_interval": outcome.resumed_from_epoch,
+            "seconds_of_this_call": seconds,
+            "backend": self.backend.to_string(),
+            "commit": std::env::var("FLUX_COMMIT").unwrap_or_else(|_| "unknown".into()),
+            "final_multipliers": {"lambda1": outcome.multipliers.0, "lambda2": outcome.multipliers.1},
+            "final_validation": last_valid,
+        });
+        let manifest_path = self.out.with_extension("manifest.json");
+        flux_models::training::write_atomically(
+            &manifest_path,
+            serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        )?;
+        if !outcome.completed {
+            eprintln!(
+                "time limit: {} of {} steps done; the routers written are those of that checkpoint; continue with --resume {}",
+                outcome.epochs_done * config.checkpoint_every,
+                config.epochs() * config.checkpoint_every,
+                dir.display()
+            );
+        }
+        eprintln!(
+            "wrote {} and {} ({:.1} s); use it with --router {}",
+            self.out.display(),
+            manifest_path.display(),
+            seconds,
+            self.out.display()
+        );
+        Ok(())
+    }
+}
+
+/// The last validation line of a run's metrics.jsonl.
+fn last_valid_metrics(path: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("split").and_then(|s| s.as_str()) == Some("valid"))
+        .last()
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run_autodiff_on(args.backend, args.clone()) {
+        eprintln!("train_router: {e:#}");
+        std::process::exit(1);
+    }
+}

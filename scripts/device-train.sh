@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On the GPU machine (benches/RESULTS.md says how it was used): trains routers with the
+# binaries carried in .bin/ (gzip'd) on router data, then writes the router report, the
+# training log, the GPU memory trace and the step log into $OUT.
+#
+#   scripts/device-train.sh MODEL DATA_DIR NAME [train_router flags...]
+#
+# The run folder lives in /tmp/run-NAME, which survives between calls while the machine is
+# warm: calling again with the same NAME and `--resume` continues a run that outlasted one call.
+set -euo pipefail
+model="$1" data="$2" name="$3"
+shift 3
+out="${OUT:-/tmp/out}"
+mkdir -p "$out" /tmp/flux-bin
+for b in train_router router_report; do
+  src="${FLUX_BIN_DIR:-.bin/exe}/$b.gz"
+  if [ -f "$src" ]; then gunzip -c "$src" > "/tmp/flux-bin/$b"; chmod +x "/tmp/flux-bin/$b"; fi
+done
+nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$out/mem-$name.csv" &
+mem=$!
+run="/tmp/run-$name"
+if printf '%s\n' "$@" | grep -q -- '--resume'; then
+  /tmp/flux-bin/train_router --backend cuda --model "$model" --data "$data" \
+    --out "$out/$name.safetensors" --quiet "$@" 2>&1 | tee -a "$out/train-$name.log"
+else
+  /tmp/flux-bin/train_router --backend cuda --model "$model" --data "$data" \
+    --out "$out/$name.safetensors" --run-dir "$run" --quiet "$@" 2>&1 | tee "$out/train-$name.log"
+fi
+kill $mem || true
+cp "$run/metrics.jsonl" "$out/metrics-$name.jsonl" 2>/dev/null || true
+sort -n "$out/mem-$name.csv" | tail -1 | sed 's/^/peak GPU memory MiB: /'
