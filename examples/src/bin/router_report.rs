@@ -10,11 +10,11 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use flux_attention::AttentionBackend;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
-use flux_models::load;
 use flux_models::router_data::{read_split, RouterSample};
 use flux_models::training::{
-    cheapest_layers_plan, layer_sparsification_costs, mean_loss, RoutingChoice, SampleScore,
+    cheapest_layers_plan, layer_sparsification_costs, mean_loss, SampleScore,
 };
+use flux_models::{load, Routing};
 use flux_router::{ForcedPlan, RouterSet, RoutingPlan, TaskCategory};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -107,23 +107,23 @@ impl BackendTask for Args {
         let (router_loss, router_scores) = mean_loss(
             &model,
             &valid,
-            RoutingChoice::Routers {
+            Routing::Routers {
                 routers: &routers,
                 sparse_mode: mode,
             },
             tick,
         )?;
-        let (full_loss, full_scores) = mean_loss(&model, &valid, RoutingChoice::Full, tick)?;
+        let (full_loss, full_scores) = mean_loss(&model, &valid, Routing::Full, tick)?;
         let all_sparse = RoutingPlan::forced(&ForcedPlan::AllSparse, layers, mode, 1)?;
         let (sparse_loss, sparse_scores) =
-            mean_loss(&model, &valid, RoutingChoice::Plan(&all_sparse), tick)?;
+            mean_loss(&model, &valid, Routing::Plan(&all_sparse), tick)?;
         let costs = layer_sparsification_costs(&model, &calibration, mode, tick)?;
         let mean_sparsity =
             router_scores.iter().map(|s| s.sparsity).sum::<f64>() / router_scores.len() as f64;
         let k = (mean_sparsity * layers as f64).round() as usize;
         let static_plan = cheapest_layers_plan(&costs, k, mode)?;
         let (static_loss, static_scores) =
-            mean_loss(&model, &valid, RoutingChoice::Plan(&static_plan), tick)?;
+            mean_loss(&model, &valid, Routing::Plan(&static_plan), tick)?;
         bar.finish_and_clear();
 
         let cats = |scores: &[SampleScore]| by_category(&valid, scores);

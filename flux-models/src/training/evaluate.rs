@@ -1,4 +1,4 @@
-//! Scoring a sample as inference would run it: the prompt is prefilled with a routing choice
+//! Scoring a sample as inference would run it: the prompt is prefilled with a routing
 //! (the routers decide from the prompt alone), then the answer continues from the cache under
 //! the plan of that prefill. Validation, the comparison against static plans and the report
 //! all score samples this way.
@@ -7,35 +7,11 @@ use std::ops::Range;
 
 use burn::tensor::{activation::log_softmax, Int, Tensor, TensorData};
 use flux_attention::{AttentionBackend, AttentionMode};
-use flux_router::{LayerRoute, RouterSet, RoutingPlan};
+use flux_router::{LayerRoute, RoutingPlan};
 
+use super::layerwise::scalar;
 use crate::error::{ModelError, Result};
 use crate::model::{Model, Routing};
-
-/// How the layers of a scored sample choose their attention.
-#[derive(Debug)]
-pub enum RoutingChoice<'a, B: AttentionBackend> {
-    /// Full attention everywhere.
-    Full,
-    /// A fixed plan for one sequence.
-    Plan(&'a RoutingPlan),
-    /// The routers decide at prefill (argmax).
-    Routers {
-        /// One router per layer.
-        routers: &'a RouterSet<B>,
-        /// The mode of sparse layers.
-        sparse_mode: AttentionMode,
-    },
-}
-
-// Manual: a derive would ask `B: Copy`.
-impl<B: AttentionBackend> Clone for RoutingChoice<'_, B> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<B: AttentionBackend> Copy for RoutingChoice<'_, B> {}
 
 /// The score of one sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +31,7 @@ pub fn score_sample<B: AttentionBackend>(
     model: &Model<B>,
     ids: &[u32],
     answer: Range<usize>,
-    choice: RoutingChoice<'_, B>,
+    routing: Routing<'_, B>,
 ) -> Result<SampleScore> {
     if answer.start == 0 || answer.is_empty() || answer.end > ids.len() {
         return Err(ModelError::InvalidArgument {
@@ -67,17 +43,6 @@ pub fn score_sample<B: AttentionBackend>(
         });
     }
     let mut cache = model.new_cache();
-    let routing = match choice {
-        RoutingChoice::Full => Routing::Full,
-        RoutingChoice::Plan(plan) => Routing::Plan(plan),
-        RoutingChoice::Routers {
-            routers,
-            sparse_mode,
-        } => Routing::Routers {
-            routers,
-            sparse_mode,
-        },
-    };
     let prompt = model.token_tensor(&[ids[..answer.start].to_vec()])?;
     let hidden = model.forward_routed(prompt, None, &mut cache, routing)?;
     let [_, p, d] = hidden.dims();
@@ -92,15 +57,7 @@ pub fn score_sample<B: AttentionBackend>(
     let labels: Vec<i64> = ids[answer].iter().map(|&t| t as i64).collect();
     let labels =
         Tensor::<B, 3, Int>::from_data(TensorData::new(labels, [1, count, 1]), model.device());
-    let nll_sum = logp
-        .gather(2, labels)
-        .sum()
-        .neg()
-        .into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .map(|v| v[0])
-        .unwrap_or(f64::NAN);
+    let nll_sum = scalar(logp.gather(2, labels).sum().neg());
     let routes = cache
         .plan()
         .map(|plan| plan.routes(0).to_vec())
@@ -119,13 +76,13 @@ pub fn score_sample<B: AttentionBackend>(
 pub fn mean_loss<B: AttentionBackend>(
     model: &Model<B>,
     samples: &[&crate::router_data::RouterSample],
-    choice: RoutingChoice<'_, B>,
+    routing: Routing<'_, B>,
     mut progress: impl FnMut(),
 ) -> Result<(f64, Vec<SampleScore>)> {
     let mut scores = Vec::with_capacity(samples.len());
     let (mut nll, mut tokens) = (0.0, 0usize);
     for s in samples {
-        let score = score_sample(model, &s.ids, s.answer.clone(), choice)?;
+        let score = score_sample(model, &s.ids, s.answer.clone(), routing)?;
         nll += score.nll_sum;
         tokens += score.tokens;
         scores.push(score);
@@ -144,7 +101,7 @@ pub fn layer_sparsification_costs<B: AttentionBackend>(
     sparse_mode: AttentionMode,
     mut progress: impl FnMut(),
 ) -> Result<Vec<f64>> {
-    let (full, _) = mean_loss(model, samples, RoutingChoice::Full, &mut progress)?;
+    let (full, _) = mean_loss(model, samples, Routing::Full, &mut progress)?;
     let layers = model.num_layers();
     let mut costs = Vec::with_capacity(layers);
     for l in 0..layers {
@@ -156,7 +113,7 @@ pub fn layer_sparsification_costs<B: AttentionBackend>(
                 message: e.to_string(),
             }
         })?;
-        let (loss, _) = mean_loss(model, samples, RoutingChoice::Plan(&plan), &mut progress)?;
+        let (loss, _) = mean_loss(model, samples, Routing::Plan(&plan), &mut progress)?;
         costs.push(loss - full);
     }
     Ok(costs)

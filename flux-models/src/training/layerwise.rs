@@ -86,6 +86,82 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for AddGrads<'_, B> {
     }
 }
 
+/// What every layer of a training pass shares.
+struct Pass<B: Backend> {
+    spans: Vec<Range<usize>>,
+    ropes: Vec<crate::model::RopeTables<B>>,
+    gumbel: GumbelSoftmax,
+}
+
+/// Checks a step's input and prepares what its layers share.
+fn prepare<B: AttentionBackend>(
+    model: &Model<B>,
+    routers: &RouterSet<B>,
+    tokens: &Tensor<B, 2, Int>,
+    input: &StepInput<'_>,
+    tau: f64,
+) -> Result<Pass<B>> {
+    let [b, n] = tokens.dims();
+    let spans = model.check_input(b, n, Some(input.spans))?;
+    model.check_routers(routers)?;
+    check_batch(input, b, n)?;
+    let ropes = model.rope_tables(&spans);
+    Ok(Pass {
+        spans,
+        ropes,
+        gumbel: GumbelSoftmax::straight_through(tau),
+    })
+}
+
+/// What a forward pass through every layer kept.
+struct Layers<B: Backend> {
+    /// The output of the last layer.
+    output: Tensor<B, 3>,
+    /// Each layer's input.
+    inputs: Vec<Tensor<B, 3>>,
+    /// Each layer's straight-through weights of full attention.
+    z_full: Vec<Tensor<B, 1>>,
+    /// Each layer's hard choices.
+    decisions: Vec<Vec<bool>>,
+}
+
+/// Every layer from the embeddings of `tokens`, each with its own noise generator.
+#[allow(clippy::too_many_arguments)]
+fn forward_layers<B: AttentionBackend>(
+    model: &Model<B>,
+    routers: &RouterSet<B>,
+    tokens: Tensor<B, 2, Int>,
+    pass: &Pass<B>,
+    pool_spans: &[Range<usize>],
+    sparse_mode: AttentionMode,
+    seed: u64,
+) -> Result<Layers<B>> {
+    let layers = model.num_layers();
+    let mut out = Layers {
+        output: model.embed(tokens),
+        inputs: Vec::with_capacity(layers),
+        z_full: Vec::with_capacity(layers),
+        decisions: Vec::with_capacity(layers),
+    };
+    for l in 0..layers {
+        out.inputs.push(out.output.clone());
+        let step = TrainLayer {
+            ropes: &pass.ropes,
+            spans: &pass.spans,
+            pool_spans,
+            router: &routers.routers[l],
+            sparse_mode,
+            gumbel: pass.gumbel,
+            forced: None,
+        };
+        let (y, z, full) = model.train_layer(l, out.output, step, &mut layer_rng(seed, l))?;
+        out.output = y;
+        out.z_full.push(z);
+        out.decisions.push(full);
+    }
+    Ok(out)
+}
+
 /// Gradients of `scale * (LM loss + penalty)` for the routers and the multipliers, by
 /// layer-wise recomputation (see the module docs), with Gumbel temperature `tau`.
 #[allow(clippy::too_many_arguments)]
@@ -103,35 +179,22 @@ pub fn router_gradients<B>(
 where
     B: AutodiffBackend + AttentionBackend,
 {
-    let [b, n] = tokens.dims();
-    let spans = model.check_input(b, n, Some(input.spans))?;
-    model.check_routers(routers)?;
-    check_batch(&input, b, n)?;
-    let gumbel = GumbelSoftmax::straight_through(tau);
+    let pass = prepare(model, routers, &tokens, &input, tau)?;
+    let b = pass.spans.len();
     let device = model.device().clone();
-    let ropes = model.rope_tables(&spans);
     let num_layers = model.num_layers();
 
     // 1. Forward with no graph: untracked routers, untracked backbone.
-    let frozen = routers.clone().no_grad();
-    let mut inputs = Vec::with_capacity(num_layers);
-    let mut decisions = Vec::with_capacity(num_layers);
-    let mut x = model.embed(tokens);
-    for l in 0..num_layers {
-        inputs.push(x.clone());
-        let step = TrainLayer {
-            ropes: &ropes,
-            spans: &spans,
-            pool_spans: input.pool_spans,
-            router: &frozen.routers[l],
-            sparse_mode,
-            gumbel,
-            forced: None,
-        };
-        let (y, _, full) = model.train_layer(l, x, step, &mut layer_rng(seed, l))?;
-        decisions.push(full);
-        x = y;
-    }
+    let first = forward_layers(
+        model,
+        &routers.clone().no_grad(),
+        tokens,
+        &pass,
+        input.pool_spans,
+        sparse_mode,
+        seed,
+    )?;
+    let (x, inputs, decisions) = (first.output, first.inputs, first.decisions);
 
     // 2. The LM loss from the top, and the penalty from the hard choices.
     let top = x.detach().require_grad();
@@ -182,12 +245,12 @@ where
     for l in (0..num_layers).rev() {
         let leaf = inputs[l].clone().require_grad();
         let step = TrainLayer {
-            ropes: &ropes,
-            spans: &spans,
+            ropes: &pass.ropes,
+            spans: &pass.spans,
             pool_spans: input.pool_spans,
             router: &routers.routers[l],
             sparse_mode,
-            gumbel,
+            gumbel: pass.gumbel,
             forced: Some(&decisions[l]),
         };
         let (y, z, _) = model.train_layer(l, leaf.clone(), step, &mut layer_rng(seed, l))?;
@@ -233,30 +296,21 @@ pub fn router_gradients_full_graph<B>(
 where
     B: AutodiffBackend + AttentionBackend,
 {
-    let [b, n] = tokens.dims();
-    let spans = model.check_input(b, n, Some(input.spans))?;
-    model.check_routers(routers)?;
-    check_batch(&input, b, n)?;
-    let gumbel = GumbelSoftmax::straight_through(tau);
-    let ropes = model.rope_tables(&spans);
-    let mut x = model.embed(tokens);
-    let mut z_full = Vec::new();
-    let mut decisions = Vec::new();
-    for l in 0..model.num_layers() {
-        let step = TrainLayer {
-            ropes: &ropes,
-            spans: &spans,
-            pool_spans: input.pool_spans,
-            router: &routers.routers[l],
-            sparse_mode,
-            gumbel,
-            forced: None,
-        };
-        let (y, z, full) = model.train_layer(l, x, step, &mut layer_rng(seed, l))?;
-        x = y;
-        z_full.push(z);
-        decisions.push(full);
-    }
+    let pass = prepare(model, routers, &tokens, &input, tau)?;
+    let Layers {
+        output: x,
+        z_full,
+        decisions,
+        ..
+    } = forward_layers(
+        model,
+        routers,
+        tokens,
+        &pass,
+        input.pool_spans,
+        sparse_mode,
+        seed,
+    )?;
     let (lm, lm_tokens) = answer_loss(model, x, &input)?;
     let s = flux_router::sparsity_of(&z_full).map_err(|e| internal(&e.to_string()))?;
     let sparsity: Vec<f64> = s
@@ -356,7 +410,8 @@ fn check_batch(input: &StepInput<'_>, b: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+/// The first value of `t` as f64 (NaN if it cannot be read).
+pub(crate) fn scalar<B: Backend, const D: usize>(t: Tensor<B, D>) -> f64 {
     t.into_data()
         .convert::<f64>()
         .into_vec::<f64>()

@@ -32,8 +32,7 @@ pub use backbone::Backbone;
 pub use batch::RouterBatch;
 pub use checkpoint::{latest_complete_epoch, AtomicRecorder};
 pub use evaluate::{
-    cheapest_layers_plan, layer_sparsification_costs, mean_loss, score_sample, RoutingChoice,
-    SampleScore,
+    cheapest_layers_plan, layer_sparsification_costs, mean_loss, score_sample, SampleScore,
 };
 pub use layerwise::{
     answer_loss, router_gradients, router_gradients_full_graph, StepInput, StepStats,

@@ -11,6 +11,7 @@ use burn::tensor::{backend::AutodiffBackend, Tensor};
 use flux_attention::AttentionBackend;
 use flux_router::{RouterSet, SparsityObjective};
 
+use super::layerwise::scalar;
 use super::trainer::RouterTrainer;
 
 type RouterAdamW<B> = OptimizerAdaptor<AdamW, RouterSet<B>, B>;
@@ -82,15 +83,7 @@ struct SquaredNorm<'a> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let s: f64 = g
-                .powi_scalar(2)
-                .sum()
-                .into_data()
-                .convert::<f64>()
-                .into_vec::<f64>()
-                .map(|v| v[0])
-                .unwrap_or(f64::NAN);
-            self.total.push(s);
+            self.total.push(scalar(g.powi_scalar(2).sum()));
         }
     }
 }

@@ -15,8 +15,9 @@ use flux_router::{RouterSet, SparsityObjective, TaskCategory, TemperatureSchedul
 
 use super::backbone::Backbone;
 use super::batch::RouterBatch;
-use super::evaluate::{score_sample, RoutingChoice};
+use super::evaluate::score_sample;
 use super::layerwise::{router_gradients, StepInput};
+use crate::model::Routing;
 
 /// Settings of the training step that are not parameters.
 #[derive(Debug, Clone)]
@@ -237,7 +238,7 @@ where
         };
         let (mut nll, mut count) = (0.0, 0usize);
         for i in 0..batch.len() {
-            let choice = RoutingChoice::Routers {
+            let choice = Routing::Routers {
                 routers: &self.routers,
                 sparse_mode: self.settings.sparse_mode,
             };
