@@ -285,3 +285,21 @@ fn a_non_finite_loss_stops_training_with_a_clear_error_and_no_checkpoint() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_qwen3_checkpoint_trains_through_the_same_loop() {
+    // q/k norms and head_dim 32: the other architecture family of the tiny checkpoints.
+    let model = tiny::<AD>("tiny-qwen3");
+    let dir = run_dir("qwen3");
+    let out = train(&model, &config(4, 2), &dir, false).unwrap();
+    assert!(out.completed);
+    assert_eq!(out.epochs_done, 2);
+    assert_eq!(out.routers.num_layers(), 2);
+    assert_eq!(out.routers.routers[0].head_dim(), 32);
+    let lines = metric_lines(&dir);
+    assert!(lines
+        .iter()
+        .filter(|l| l["split"] == "train")
+        .all(|l| l["lm_loss"].as_f64().is_some_and(f64::is_finite)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
