@@ -191,6 +191,26 @@ impl Gen<'_> {
         self.haystack_from(doc, para, max_tokens)
     }
 
+    /// The context of a retrieval sample: a haystack filling what the question and the answer
+    /// leave of the budget, with `items` (in this order) inserted at random sentence boundaries
+    /// in its first 80 % (see `depth_limit`). Returns the context text and whether the far rule
+    /// applies to the items.
+    pub fn scatter_in_haystack(
+        &mut self,
+        items: Vec<Piece>,
+        question: &str,
+        answer: &str,
+    ) -> Attempt<(String, bool)> {
+        let inserted = tokens(&items);
+        let (q_tok, a_tok) = (self.count(question)?, self.count(answer)?);
+        let room = self.context_budget(q_tok, a_tok)?.saturating_sub(inserted);
+        let mut hay = self.haystack(room)?;
+        let (limit, enforce_far) =
+            self.depth_limit(tokens(&hay) + inserted, q_tok, a_tok, inserted, 0.8);
+        self.insert_items(&mut hay, items, limit)?;
+        Ok((join(&hay), enforce_far))
+    }
+
     /// Inserts `items` (in this order) as sentences at distinct random sentence boundaries
     /// of `hay` whose token offset lies in `0..=limit`.
     pub fn insert_items(

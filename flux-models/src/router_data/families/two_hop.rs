@@ -4,7 +4,7 @@
 
 use flux_router::TaskCategory;
 
-use crate::router_data::corpus::{item, join, tokens};
+use crate::router_data::corpus::item;
 use crate::router_data::draft::{Attempt, Draft, Gen};
 
 const QUESTIONS: [&str; 3] = [
@@ -38,16 +38,11 @@ pub(crate) fn two_hop(g: &mut Gen) -> Attempt<Draft> {
         .map(|t| item(g, t))
         .collect::<Attempt<Vec<_>>>()?;
     g.shuffle(&mut items);
-    let inserted = tokens(&items);
-    let (q_tok, a_tok) = (g.count(&question)?, g.count(&answer)?);
-    let room = g.context_budget(q_tok, a_tok)?.saturating_sub(inserted);
-    let mut hay = g.haystack(room)?;
-    let (limit, enforce_far) = g.depth_limit(tokens(&hay) + inserted, q_tok, a_tok, inserted, 0.8);
-    g.insert_items(&mut hay, items, limit)?;
+    let (context, enforce_far) = g.scatter_in_haystack(items, &question, &answer)?;
     Ok(Draft {
         family: "two_hop",
         category: TaskCategory::MultiHopQa,
-        content: g.content(&join(&hay), &question),
+        content: g.content(&context, &question),
         answer,
         far_texts: asked,
         enforce_far,
