@@ -17,7 +17,7 @@ use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::generation::argmax;
 use flux_models::{load, Model, Routing};
-use flux_router::{ForcedPlan, LayerRouterConfig, RoutingPlan};
+use flux_router::{ForcedPlan, LayerRouterConfig, RouterSet, RoutingPlan};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Prefill and decode speed of a model on one backend.
@@ -47,6 +47,10 @@ struct Args {
     /// Prompt length of the warm-up run.
     #[arg(long, default_value_t = 256)]
     warmup_tokens: usize,
+    /// Trained routers: adds a row per prompt length with the plan they choose for that prompt
+    /// (chosen by one untimed routed prefill; the routers' own cost is the last column).
+    #[arg(long)]
+    router: Option<std::path::PathBuf>,
     /// Sink + window layers keep only the sink and the window in the KV cache (full-attention
     /// layers keep everything, so an all-full row gives the size without eviction).
     #[arg(long)]
@@ -161,7 +165,19 @@ impl BackendTask for Args {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let sparse_mode = self.sparse.mode();
+        let routers = match &self.router {
+            Some(path) => {
+                let meta = RouterSet::<B>::read_meta(path)?;
+                let expected = model.router_meta(meta.sparse_mode, meta.pool_tokens);
+                Some(RouterSet::<B>::load(path, &expected, &device)?)
+            }
+            None => None,
+        };
+        // Routers run the sparse mode they were trained against.
+        let sparse_mode = match &routers {
+            Some((_, meta)) => meta.sparse_mode,
+            None => self.sparse.mode(),
+        };
         let layers = model.config().num_layers;
         let plans = self
             .plans
@@ -184,8 +200,26 @@ impl BackendTask for Args {
             let prompt: Vec<u32> = (0..n)
                 .map(|_| rng.random_range(0..vocab.min(30_000)))
                 .collect();
-            let routers = router_seconds(model, n)?;
-            for (name_of_plan, plan) in &plans {
+            let router_cost = router_seconds(model, n)?;
+            let mut plans_n = plans.clone();
+            if let Some((routers, _)) = &routers {
+                let mut cache = model.new_cache();
+                model.forward_routed(
+                    model.token_tensor(&[prompt.clone()])?,
+                    None,
+                    &mut cache,
+                    Routing::Routers {
+                        routers,
+                        sparse_mode,
+                    },
+                )?;
+                let plan = cache
+                    .plan()
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("the routed prefill left no plan"))?;
+                plans_n.push(("router".to_string(), plan));
+            }
+            for (name_of_plan, plan) in &plans_n {
                 let mut runs = Vec::new();
                 for _ in 0..self.repeats.max(1) {
                     let r = run_once(model, &prompt, self.decode_tokens, plan, self.evict_kv)?;
@@ -211,7 +245,7 @@ impl BackendTask for Args {
                     self.decode_tokens as f64 / d,
                     100.0 * attn,
                     mib(runs[0].kv_bytes),
-                    100.0 * routers / p,
+                    100.0 * router_cost / p,
                 ));
             }
         }
