@@ -163,6 +163,8 @@ impl AutodiffTask for Args {
     {
         let config = self.config()?;
         let dir = self.run_dir();
+        // Settings first: a bad option should not wait for the model to load.
+        config.validate(&dir)?;
         let (train, valid, data_sha) = read_data(&self.data, self.seq_len)?;
         let loaded = load::<B>(&self.model, &device)?;
         let meta = loaded

@@ -149,7 +149,8 @@ impl TrainConfig {
         self.checkpoint_every * self.accumulation
     }
 
-    fn validate(&self, dir: &Path) -> Result<()> {
+    /// Checks the settings (the error names the option at fault and the run folder `dir`).
+    pub fn validate(&self, dir: &Path) -> Result<()> {
         let bad = |message: String| ModelError::Training {
             path: dir.to_path_buf(),
             message,
