@@ -4,6 +4,10 @@
 //! Needs the SmolLM2 GGUF and the State of the Union texts of scripts/fetch-models.sh, and the
 //! code crates in the cargo registry (a build of this workspace puts them there).
 
+mod common;
+
+use common::cached;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,24 +24,6 @@ use flux_router::TaskCategory;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("FLUX_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/flux-models")
-        })
-}
-
-fn cached(relative: &str) -> PathBuf {
-    let path = models_dir().join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-models.sh first",
-        path.display()
-    );
-    path
-}
 
 fn tokenizer() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();

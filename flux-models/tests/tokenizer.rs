@@ -2,6 +2,10 @@
 //! files (npm, via scripts/fetch-models.sh), the ids transformers produced from the GGUF files
 //! (tests/fixtures/reference), and chat prompts written out from the templates' documented format.
 
+mod common;
+
+use common::cached;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -12,26 +16,6 @@ use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
 // Files
-
-/// The model cache of scripts/fetch-models.sh (`FLUX_MODELS_DIR`, default ~/.cache/flux-models).
-fn models_dir() -> PathBuf {
-    std::env::var_os("FLUX_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/flux-models")
-        })
-}
-
-/// A file of the model cache; fails with the command to run when it is missing.
-fn cached(relative: &str) -> PathBuf {
-    let path = models_dir().join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-models.sh first (it downloads the test models and tokenizers)",
-        path.display()
-    );
-    path
-}
 
 fn fixture(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
