@@ -17,6 +17,7 @@
 //! ```
 
 mod activation;
+mod atomic_file;
 mod decision;
 mod error;
 mod objective;
@@ -26,6 +27,7 @@ mod router_set;
 mod schedule;
 
 pub use activation::silu;
+pub use atomic_file::write_atomically;
 pub use decision::{argmax_decisions, GumbelSoftmax, SoftDecision};
 pub use error::{Result, RouterError};
 pub use objective::{sparsity_of, SparsityObjective, TaskCategory};

@@ -10,6 +10,7 @@ use flux_attention::AttentionMode;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file::write_atomically;
 use crate::error::{Result, RouterError};
 use crate::router::{LayerRouter, LayerRouterConfig};
 
@@ -128,22 +129,10 @@ impl<B: Backend> RouterSet<B> {
         let metadata = HashMap::from([(META_KEY.to_string(), json)]);
         let bytes =
             safetensors::serialize(views, Some(metadata)).map_err(|e| format(e.to_string()))?;
-        let io = |source| RouterError::Io {
+        write_atomically(path, &bytes).map_err(|source| RouterError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".partial-{name}"));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)
+        })
     }
 
     /// Reads the metadata of a router file.

@@ -279,21 +279,10 @@ impl RunManifest {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` through a temporary file and a rename
+/// ([`flux_router::write_atomically`]), with the error naming `path`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".partial-{name}"));
-    let io = |e| ModelError::io(path, e);
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)
+    flux_router::write_atomically(path, bytes).map_err(|e| ModelError::io(path, e))
 }
 
 /// How a training run shows its progress (every step goes to `metrics.jsonl` either way).
@@ -550,16 +539,4 @@ fn terminal_renderer(
         }
     }
     None
-}
-
-/// Writes `routers` to `path` atomically (see [`RouterSet::save`]).
-pub fn save_routers<B: AttentionBackend>(
-    routers: &RouterSet<B>,
-    meta: &RouterMeta,
-    path: &Path,
-) -> Result<()> {
-    routers.save(meta, path).map_err(|e| ModelError::Training {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
 }
