@@ -16,16 +16,26 @@ for b in train_router router_report; do
   src="${FLUX_BIN_DIR:-.bin/exe}/$b.gz"
   if [ -f "$src" ]; then gunzip -c "$src" > "/tmp/flux-bin/$b"; chmod +x "/tmp/flux-bin/$b"; fi
 done
-nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$out/mem-$name.csv" &
+nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$out/mem-$name.csv" &
 mem=$!
 run="/tmp/run-$name"
+# A failed or timed-out run (FLUX_TRAIN_TIMEOUT seconds) still leaves its logs in $OUT.
+limit="${FLUX_TRAIN_TIMEOUT:-590}"
+status=0
+set +e
 if printf '%s\n' "$@" | grep -q -- '--resume'; then
-  /tmp/flux-bin/train_router --backend cuda --model "$model" --data "$data" \
+  timeout "$limit" /tmp/flux-bin/train_router --backend cuda --model "$model" --data "$data" \
     --out "$out/$name.safetensors" --quiet "$@" 2>&1 | tee -a "$out/train-$name.log"
+  status=${PIPESTATUS[0]}
 else
-  /tmp/flux-bin/train_router --backend cuda --model "$model" --data "$data" \
+  timeout "$limit" /tmp/flux-bin/train_router --backend cuda --model "$model" --data "$data" \
     --out "$out/$name.safetensors" --run-dir "$run" --quiet "$@" 2>&1 | tee "$out/train-$name.log"
+  status=${PIPESTATUS[0]}
 fi
+set -e
 kill $mem || true
 cp "$run/metrics.jsonl" "$out/metrics-$name.jsonl" 2>/dev/null || true
-sort -n "$out/mem-$name.csv" | tail -1 | sed 's/^/peak GPU memory MiB: /'
+cp "$run/run.json" "$out/run-$name.json" 2>/dev/null || true
+# Peak memory per GPU (index, MiB).
+sort -t, -k1,1n -k2,2n "$out/mem-$name.csv" | awk -F', ' '{peak[$1]=$2} END {for (g in peak) print "peak GPU " g " memory MiB: " peak[g]}'
+exit "$status"

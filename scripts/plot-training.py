@@ -3,8 +3,9 @@
 
 Usage: scripts/plot-training.py RUN_DIR OUT.png [--title TEXT]
 Reads RUN_DIR/metrics.jsonl written by train_router (one line per micro-batch, one per
-validation); a resumed run may repeat micro-batches after its last checkpoint: the last line of
-each (split, micro_batch / epoch) wins. Needs matplotlib.
+validation; a data-parallel run writes one line per device and micro-batch, averaged here); a
+resumed run may repeat micro-batches after its last checkpoint: the last lines of each
+micro-batch / epoch win. Needs matplotlib.
 """
 import json
 import sys
@@ -28,20 +29,38 @@ def smooth(xs, ys, k=8):
     return out_x, out_y
 
 
+def mean_row(rows):
+    """One line per micro-batch: the devices' numbers averaged (tokens/s summed)."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, float):
+            vals = [r[key] for r in rows if isinstance(r.get(key), float)]
+            out[key] = sum(vals) if key == "tokens_per_second" else sum(vals) / len(vals)
+    return out
+
+
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     run, out = sys.argv[1], sys.argv[2]
     title = sys.argv[4] if len(sys.argv) > 4 and sys.argv[3] == "--title" else run
+    try:
+        with open(f"{run}/run.json") as f:
+            devices = json.load(f)["config"].get("devices", 1)
+    except (OSError, KeyError, ValueError):
+        devices = 1
     train, valid = {}, {}
     with open(f"{run}/metrics.jsonl") as f:
         for line in f:
             row = json.loads(line)
             if row["split"] == "train":
-                train[row["micro_batch"]] = row
+                rows = train.setdefault(row["micro_batch"], [])
+                if len(rows) == devices:  # a resumed run repeats this micro-batch
+                    rows.clear()
+                rows.append(row)
             else:
                 valid[row["epoch"]] = row
-    train = [train[k] for k in sorted(train)]
+    train = [mean_row(train[k]) for k in sorted(train)]
     valid = [valid[k] for k in sorted(valid)]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     ax = axes[0]

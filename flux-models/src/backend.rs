@@ -79,6 +79,31 @@ pub fn run_on<T: BackendTask>(
     }
 }
 
+/// The device numbered `index` (a GPU number, as in `--devices 0,1`) of backend `B`'s kind.
+pub fn device_number<B: burn::tensor::backend::Backend>(index: usize) -> Result<B::Device, ModelError> {
+    use burn::tensor::backend::{Device, DeviceOps};
+    let mut id = B::Device::default().id();
+    id.index_id = u16::try_from(index).map_err(|_| ModelError::InvalidArgument {
+        argument: "devices".into(),
+        message: format!("device number {index} is out of range"),
+    })?;
+    Ok(<B::Device as Device>::from_id(id))
+}
+
+/// Backends that router training can spread over several devices. With the cargo feature
+/// `distributed` these are burn's distributed backends (cuda, wgpu: burn then requires one
+/// under autodiff, so ndarray cannot train in such a build); without it, every backend.
+#[cfg(feature = "distributed")]
+pub trait DataParallelBackend: burn::tensor::backend::distributed::DistributedBackend {}
+#[cfg(feature = "distributed")]
+impl<B: burn::tensor::backend::distributed::DistributedBackend> DataParallelBackend for B {}
+/// Backends that router training can spread over several devices: without the cargo feature
+/// `distributed`, every backend (and none runs on more than one device).
+#[cfg(not(feature = "distributed"))]
+pub trait DataParallelBackend {}
+#[cfg(not(feature = "distributed"))]
+impl<B> DataParallelBackend for B {}
+
 /// Work that trains: generic over an autodiff backend whose inner backend runs inference;
 /// [`run_autodiff_on`] picks the concrete one.
 pub trait AutodiffTask {
@@ -89,7 +114,7 @@ pub trait AutodiffTask {
     /// Runs on backend `B` with its default device.
     fn run<B>(self, device: B::Device) -> std::result::Result<Self::Output, Self::Error>
     where
-        B: burn::tensor::backend::AutodiffBackend + AttentionBackend,
+        B: burn::tensor::backend::AutodiffBackend + AttentionBackend + DataParallelBackend,
         B::InnerBackend: AttentionBackend;
 }
 
@@ -100,10 +125,16 @@ pub fn run_autodiff_on<T: AutodiffTask>(
 ) -> std::result::Result<T::Output, T::Error> {
     use burn::backend::Autodiff;
     match choice {
-        #[cfg(feature = "ndarray")]
+        #[cfg(all(feature = "ndarray", not(feature = "distributed")))]
         BackendChoice::Ndarray => {
             task.run::<Autodiff<burn::backend::NdArray<f32>>>(Default::default())
         }
+        #[cfg(feature = "distributed")]
+        BackendChoice::Ndarray => Err(ModelError::InvalidArgument {
+            argument: "backend".into(),
+            message: "ndarray cannot train in a build with the `distributed` feature (burn's autodiff then needs a distributed backend): use cuda or wgpu, or a build without `distributed`".into(),
+        }
+        .into()),
         #[cfg(feature = "wgpu")]
         BackendChoice::Wgpu => task.run::<Autodiff<burn::backend::Wgpu>>(Default::default()),
         #[cfg(feature = "cuda")]

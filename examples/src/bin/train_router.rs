@@ -9,9 +9,13 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use flux_attention::AttentionBackend;
 use flux_examples::routing_args::SparseModeArgs;
-use flux_models::backend::{run_autodiff_on, AutodiffTask, BackendChoice};
+use flux_models::backend::{
+    device_number, run_autodiff_on, AutodiffTask, BackendChoice, DataParallelBackend,
+};
 use flux_models::router_data::{read_split, RouterSample};
-use flux_models::training::{train_routers, RunManifest, TrainConfig, TrainDisplay};
+#[cfg(not(feature = "distributed"))]
+use flux_models::training::train_routers;
+use flux_models::training::{RunManifest, TrainConfig, TrainDisplay};
 use flux_models::{load, ModelError};
 use flux_router::Dtype;
 use sha2::{Digest, Sha256};
@@ -37,7 +41,7 @@ struct Args {
     /// Optimizer steps.
     #[arg(long, default_value_t = 300)]
     steps: usize,
-    /// Sequences per micro-batch.
+    /// Sequences per micro-batch, over all devices (each of D devices takes batch / D).
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Micro-batches per optimizer step (gradient accumulation).
@@ -80,6 +84,10 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
+    /// Devices (GPU numbers) to train on, data-parallel when more than one (burn's DDP over
+    /// NCCL; needs a build with the `distributed` feature and --backend cuda).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    devices: Vec<usize>,
     #[command(flatten)]
     sparse: SparseModeArgs,
 }
@@ -133,6 +141,7 @@ impl Args {
             lambda_init: (self.lambda_init, self.lambda_init),
             sparse_mode,
             seed: self.seed,
+            devices: self.devices.len(),
             max_valid: self.max_valid,
             time_limit: self.time_limit,
             ..TrainConfig::default()
@@ -156,15 +165,31 @@ impl AutodiffTask for Args {
     type Output = ();
     type Error = anyhow::Error;
 
-    fn run<B>(self, device: B::Device) -> Result<()>
+    fn run<B>(self, _default_device: B::Device) -> Result<()>
     where
-        B: burn::tensor::backend::AutodiffBackend + AttentionBackend,
+        B: burn::tensor::backend::AutodiffBackend + AttentionBackend + DataParallelBackend,
         B::InnerBackend: AttentionBackend,
     {
         let config = self.config()?;
         let dir = self.run_dir();
         // Settings first: a bad option should not wait for the model to load.
         config.validate(&dir)?;
+        let mut seen = std::collections::HashSet::new();
+        if let Some(d) = self.devices.iter().find(|&&d| !seen.insert(d)) {
+            bail!("--devices names device {d} twice");
+        }
+        if self.devices.len() > 1 && (!cfg!(feature = "distributed") || self.backend != BackendChoice::Cuda) {
+            bail!(
+                "--devices with {} devices needs --backend cuda and a build with the `distributed` feature (cargo build --release -p flux-examples --no-default-features --features cuda,distributed,tui)",
+                self.devices.len()
+            );
+        }
+        let devices = self
+            .devices
+            .iter()
+            .map(|&i| device_number::<B>(i))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let device = devices[0].clone();
         let (train, valid, data_sha) = read_data(&self.data, self.seq_len)?;
         let loaded = load::<B>(&self.model, &device)?;
         let meta = loaded
@@ -186,6 +211,19 @@ impl AutodiffTask for Args {
             TrainDisplay::Terminal
         };
         let start = Instant::now();
+        #[cfg(feature = "distributed")]
+        let outcome = flux_models::training::train_routers_data_parallel(
+            loaded.model,
+            train,
+            valid,
+            &data_sha,
+            &config,
+            &dir,
+            self.resume.is_some(),
+            display,
+            devices,
+        )?;
+        #[cfg(not(feature = "distributed"))]
         let outcome = train_routers(
             loaded.model,
             train,
@@ -229,6 +267,10 @@ impl AutodiffTask for Args {
             "steps_run_by_this_call": outcome.steps_run,
             "resumed_from_checkpoint_interval": outcome.resumed_from_epoch,
             "seconds_of_this_call": seconds,
+            "devices": self.devices,
+            "tokens_trained_by_this_call": outcome.tokens_trained,
+            "training_loop_seconds": outcome.seconds,
+            "tokens_per_second": outcome.tokens_trained as f64 / outcome.seconds.max(1e-9),
             "backend": self.backend.to_string(),
             "commit": std::env::var("FLUX_COMMIT").unwrap_or_else(|_| "unknown".into()),
             "final_multipliers": {"lambda1": outcome.multipliers.0, "lambda2": outcome.multipliers.1},
@@ -247,6 +289,13 @@ impl AutodiffTask for Args {
                 dir.display()
             );
         }
+        eprintln!(
+            "trained on {} tokens in {:.1} s over {} device(s): {:.0} tokens/s (validation and checkpoints included)",
+            outcome.tokens_trained,
+            outcome.seconds,
+            self.devices.len(),
+            outcome.tokens_trained as f64 / outcome.seconds.max(1e-9)
+        );
         eprintln!(
             "wrote {} and {} ({:.1} s); use it with --router {}",
             self.out.display(),

@@ -25,6 +25,21 @@ pub struct RouterBatch<B: Backend> {
     pub categories: Vec<TaskCategory>,
     /// Sparsity target of each sequence.
     pub targets: Vec<f64>,
+    /// Where the batch sits in the run.
+    pub position: BatchPosition,
+}
+
+/// Where a batch sits in a training run: what its step's schedule and noise depend on, so that
+/// neither needs a counter (a resumed run, or one of several devices, computes the same).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchPosition {
+    /// The checkpoint interval (burn-train epoch, 0-based).
+    pub epoch: usize,
+    /// The micro-batch within the epoch, counted on this loader (one device's share).
+    pub micro_batch: usize,
+    /// The index of the batch's first sample in the run's whole sample stream (unique per
+    /// batch over all devices).
+    pub first_item: usize,
 }
 
 impl<B: Backend> RouterBatch<B> {
@@ -45,7 +60,14 @@ impl<B: Backend> RouterBatch<B> {
             answers: samples.iter().map(|s| s.answer.clone()).collect(),
             categories: samples.iter().map(|s| s.category).collect(),
             targets: samples.iter().map(|s| s.target).collect(),
+            position: BatchPosition::default(),
         }
+    }
+
+    /// The batch, placed at `position`.
+    pub fn at(mut self, position: BatchPosition) -> Self {
+        self.position = position;
+        self
     }
 
     /// Sequences in the batch.

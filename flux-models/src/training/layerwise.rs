@@ -162,6 +162,12 @@ fn forward_layers<B: AttentionBackend>(
     Ok(out)
 }
 
+/// Called once per step, before the first backward pass, with this device's error if its
+/// forward pass failed; answers whether every device goes on. Devices of a data-parallel run
+/// must all run the same backward passes (their gradients are exchanged inside them), so they
+/// decide together; a single device answers for itself.
+pub type BeforeBackward<'a> = &'a dyn Fn(Option<&ModelError>) -> bool;
+
 /// Gradients of `scale * (LM loss + penalty)` for the routers and the multipliers, by
 /// layer-wise recomputation (see the module docs), with Gumbel temperature `tau`.
 #[allow(clippy::too_many_arguments)]
@@ -179,11 +185,54 @@ pub fn router_gradients<B>(
 where
     B: AutodiffBackend + AttentionBackend,
 {
-    let pass = prepare(model, routers, &tokens, &input, tau)?;
-    let b = pass.spans.len();
-    let device = model.device().clone();
-    let num_layers = model.num_layers();
+    router_gradients_agreed(
+        model,
+        routers,
+        objective,
+        tokens,
+        input,
+        sparse_mode,
+        tau,
+        seed,
+        scale,
+        &|failure| failure.is_none(),
+    )
+}
 
+/// What the forward pass of a step leaves for its backward passes.
+struct Forward<B: AutodiffBackend> {
+    pass: Pass<B>,
+    inputs: Vec<Tensor<B, 3>>,
+    decisions: Vec<Vec<bool>>,
+    top: Tensor<B, 3>,
+    lm: Tensor<B, 1>,
+    lm_value: f64,
+    lm_tokens: usize,
+    s: Tensor<B, 1>,
+    sparsity: Vec<f64>,
+    penalty: Tensor<B, 1>,
+    penalty_value: f64,
+}
+
+/// The forward pass with no graph, then the LM loss (from a leaf copy of the last hidden
+/// state) and the penalty (from a leaf of the hard sparsities), both checked finite.
+#[allow(clippy::too_many_arguments)]
+fn forward_and_losses<B>(
+    model: &Model<B>,
+    routers: &RouterSet<B>,
+    objective: &SparsityObjective<B>,
+    tokens: Tensor<B, 2, Int>,
+    input: &StepInput<'_>,
+    sparse_mode: AttentionMode,
+    tau: f64,
+    seed: u64,
+) -> Result<Forward<B>>
+where
+    B: AutodiffBackend + AttentionBackend,
+{
+    let pass = prepare(model, routers, &tokens, input, tau)?;
+    let b = pass.spans.len();
+    let num_layers = model.num_layers();
     // 1. Forward with no graph: untracked routers, untracked backbone.
     let first = forward_layers(
         model,
@@ -198,7 +247,7 @@ where
 
     // 2. The LM loss from the top, and the penalty from the hard choices.
     let top = x.detach().require_grad();
-    let (lm, lm_tokens) = answer_loss(model, top.clone(), &input)?;
+    let (lm, lm_tokens) = answer_loss(model, top.clone(), input)?;
     let lm_value = scalar(lm.clone());
     if !lm_value.is_finite() {
         return Err(ModelError::InvalidArgument {
@@ -206,17 +255,12 @@ where
             message: format!("the LM loss is not finite ({lm_value})"),
         });
     }
-    let mut grads = lm.mul_scalar(scale).backward();
-    let mut g = top
-        .grad(&grads)
-        .ok_or_else(|| internal("no gradient reached the last layer"))?;
-
     let sparsity: Vec<f64> = (0..b)
         .map(|i| decisions.iter().filter(|d| !d[i]).count() as f64 / num_layers as f64)
         .collect();
     let s = Tensor::<B, 1>::from_data(
         TensorData::new(sparsity.clone(), [b]).convert::<B::FloatElem>(),
-        &device,
+        model.device(),
     )
     .require_grad();
     let penalty = objective
@@ -229,6 +273,73 @@ where
             message: format!("the sparsity penalty is not finite ({penalty_value})"),
         });
     }
+    Ok(Forward {
+        pass,
+        inputs,
+        decisions,
+        top,
+        lm,
+        lm_value,
+        lm_tokens,
+        s,
+        sparsity,
+        penalty,
+        penalty_value,
+    })
+}
+
+/// [`router_gradients`] for one device of several: `before_backward` is asked, after the
+/// forward pass and before any backward pass, whether every device goes on. When another
+/// device stopped the step, returns an error saying so.
+#[allow(clippy::too_many_arguments)]
+pub fn router_gradients_agreed<B>(
+    model: &Model<B>,
+    routers: &RouterSet<B>,
+    objective: &SparsityObjective<B>,
+    tokens: Tensor<B, 2, Int>,
+    input: StepInput<'_>,
+    sparse_mode: AttentionMode,
+    tau: f64,
+    seed: u64,
+    scale: f64,
+    before_backward: BeforeBackward<'_>,
+) -> Result<(GradientsParams, StepStats)>
+where
+    B: AutodiffBackend + AttentionBackend,
+{
+    let forward = forward_and_losses(
+        model,
+        routers,
+        objective,
+        tokens,
+        &input,
+        sparse_mode,
+        tau,
+        seed,
+    );
+    let go_on = before_backward(forward.as_ref().err());
+    let Forward {
+        pass,
+        inputs,
+        decisions,
+        top,
+        lm,
+        lm_value,
+        lm_tokens,
+        s,
+        sparsity,
+        penalty,
+        penalty_value,
+    } = forward?;
+    if !go_on {
+        return Err(internal("another device's step failed"));
+    }
+    let num_layers = model.num_layers();
+
+    let grads = lm.mul_scalar(scale).backward();
+    let mut g = top
+        .grad(&grads)
+        .ok_or_else(|| internal("no gradient reached the last layer"))?;
     let mut out = GradientsParams::new();
     let mut penalty_grads = penalty.mul_scalar(scale).backward();
     // ds_i / dz_{l,i} = -1 / L for every layer.
@@ -255,7 +366,7 @@ where
         };
         let (y, z, _) = model.train_layer(l, leaf.clone(), step, &mut layer_rng(seed, l))?;
         let surrogate = (y * Tensor::from_inner(g)).sum() + (z * c.clone()).sum();
-        grads = surrogate.backward();
+        let mut grads = surrogate.backward();
         routers.routers[l].visit(&mut AddGrads::<B> {
             grads: &mut grads,
             into: &mut out,

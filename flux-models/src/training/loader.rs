@@ -11,7 +11,7 @@ use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::tensor::backend::Backend;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-use super::batch::RouterBatch;
+use super::batch::{BatchPosition, RouterBatch};
 use crate::router_data::RouterSample;
 
 /// Batches of router samples, epoch by epoch.
@@ -120,6 +120,7 @@ fn permutation(n: usize, seed: u64, pass: usize) -> Vec<usize> {
 
 struct RouterLoaderIter<'a, B: Backend> {
     loader: &'a RouterLoader<B>,
+    epoch: usize,
     indices: Vec<usize>,
     position: usize,
 }
@@ -136,8 +137,15 @@ impl<B: Backend> Iterator for RouterLoaderIter<'_, B> {
             .iter()
             .map(|&i| &self.loader.samples[i])
             .collect();
+        let position = BatchPosition {
+            epoch: self.epoch,
+            micro_batch: self.position / self.loader.batch_size,
+            first_item: self.epoch * self.loader.items_per_epoch
+                + self.loader.share.start
+                + self.position,
+        };
         self.position = end;
-        Some(RouterBatch::new(&samples, &self.loader.device))
+        Some(RouterBatch::new(&samples, &self.loader.device).at(position))
     }
 }
 
@@ -156,6 +164,7 @@ impl<B: Backend> DataLoader<B, RouterBatch<B>> for RouterLoader<B> {
         };
         Box::new(RouterLoaderIter {
             loader: self,
+            epoch,
             indices: self.epoch_indices(epoch),
             position: 0,
         })
@@ -181,5 +190,96 @@ impl<B: Backend> DataLoader<B, RouterBatch<B>> for RouterLoader<B> {
         let s = self.share.start;
         let share = (s + start).min(self.share.end)..(s + end).min(self.share.end);
         Arc::new(self.with_share(share, self.device.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use flux_router::TaskCategory;
+
+    fn samples(n: usize) -> Arc<Vec<RouterSample>> {
+        Arc::new(
+            (0..n)
+                .map(|i| RouterSample {
+                    ids: vec![i as u32 + 1; 4],
+                    prompt_span: 0..2,
+                    answer: 2..4,
+                    category: TaskCategory::SingleDocQa,
+                    target: 0.45,
+                    family: "test".into(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Each batch's first token names its sample (`id - 1`).
+    fn drawn(loader: &dyn DataLoader<NdArray, RouterBatch<NdArray>>) -> Vec<(usize, BatchPosition)> {
+        let mut out = Vec::new();
+        let mut it = loader.iter();
+        while let Some(b) = it.next() {
+            for ids in &b.ids {
+                out.push((ids[0] as usize - 1, b.position));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn device_shares_split_every_epoch_into_the_single_device_samples() {
+        let (batch, devices, micro_per_epoch) = (4, 2, 3);
+        let items = micro_per_epoch * batch;
+        let whole = RouterLoader::<NdArray>::training(samples(10), batch, items, 7, 0, Default::default());
+        let split = RouterLoader::<NdArray>::training(
+            samples(10),
+            batch / devices,
+            items,
+            7,
+            0,
+            Default::default(),
+        );
+        let shares = burn::data::dataloader::split::split_dataloader(
+            Arc::new(split) as Arc<dyn DataLoader<NdArray, RouterBatch<NdArray>>>,
+            &[Default::default(), Default::default()],
+        );
+        for epoch in 0..3 {
+            let single = drawn(&whole);
+            let per_device: Vec<_> = shares.iter().map(|s| drawn(s.as_ref())).collect();
+            // Equal numbers of micro-batches per device, or DDP's all-reduce would hang.
+            assert_eq!(per_device[0].len(), per_device[1].len());
+            let mut a: Vec<usize> = single.iter().map(|(i, _)| *i).collect();
+            let mut b: Vec<usize> = per_device.iter().flatten().map(|(i, _)| *i).collect();
+            assert_eq!(a.len(), items);
+            a.sort_unstable();
+            b.sort_unstable();
+            assert_eq!(a, b, "epoch {epoch}: the devices see the single device's samples");
+            // Positions: the epoch, micro-batches counted per device, and first items that
+            // differ between all batches of all devices.
+            let mut firsts: Vec<usize> = per_device
+                .iter()
+                .flatten()
+                .map(|(_, p)| p.first_item)
+                .collect();
+            for d in &per_device {
+                for (k, (_, p)) in d.iter().enumerate() {
+                    assert_eq!(p.epoch, epoch);
+                    assert_eq!(p.micro_batch, k / (batch / devices));
+                }
+            }
+            firsts.sort_unstable();
+            firsts.dedup();
+            assert_eq!(firsts.len(), devices * micro_per_epoch);
+        }
+    }
+
+    #[test]
+    fn a_resumed_loader_serves_the_same_epochs() {
+        let whole = RouterLoader::<NdArray>::training(samples(7), 2, 6, 3, 0, Default::default());
+        let first = drawn(&whole);
+        let second = drawn(&whole);
+        let resumed = RouterLoader::<NdArray>::training(samples(7), 2, 6, 3, 1, Default::default());
+        assert_eq!(drawn(&resumed), second);
+        assert_ne!(first, second);
     }
 }

@@ -24,22 +24,25 @@ mod layerwise;
 mod loader;
 mod metrics;
 mod optim;
+mod peers;
 mod renderer;
 mod schedule;
 mod trainer;
 
 pub use backbone::Backbone;
-pub use batch::RouterBatch;
+pub use batch::{BatchPosition, RouterBatch};
 pub use checkpoint::{latest_complete_epoch, AtomicRecorder};
 pub use evaluate::{
     cheapest_layers_plan, layer_sparsification_costs, mean_loss, score_sample, SampleScore,
 };
 pub use layerwise::{
-    answer_loss, router_gradients, router_gradients_full_graph, StepInput, StepStats,
+    answer_loss, router_gradients, router_gradients_agreed, router_gradients_full_graph,
+    BeforeBackward, StepInput, StepStats,
 };
 pub use loader::RouterLoader;
 pub use metrics::{RouterMetric, RouterMetricKind};
 pub use optim::{clip_global_norm, RouterOptimizer, RouterOptimizerConfig};
+pub use peers::PeerAgreement;
 pub use renderer::MetricsLog;
 pub use schedule::WarmupCosine;
 pub use trainer::{
@@ -75,10 +78,14 @@ pub const CHECKPOINT_EXTENSION: &str = "mpk";
 pub struct TrainConfig {
     /// Optimizer steps (rounded up to whole checkpoint intervals).
     pub steps: usize,
-    /// Sequences per micro-batch.
+    /// Sequences per micro-batch, over all devices (each takes `batch_size / devices`).
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub accumulation: usize,
+    /// Devices training data-parallel (burn's DDP; 1: one device). Part of what a resume
+    /// must match: the devices split each batch, so their number sets the data order.
+    #[serde(default = "one")]
+    pub devices: usize,
     /// Optimizer steps between checkpoints (one burn-train epoch).
     pub checkpoint_every: usize,
     /// Peak learning rate of the routers (5e-4).
@@ -111,12 +118,17 @@ pub struct TrainConfig {
     pub time_limit: Option<f64>,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             steps: 300,
             batch_size: 1,
             accumulation: 1,
+            devices: 1,
             checkpoint_every: 25,
             lr: 5e-4,
             warmup_fraction: 0.2,
@@ -144,9 +156,14 @@ impl TrainConfig {
         self.steps.div_ceil(self.checkpoint_every.max(1))
     }
 
-    /// Micro-batches per checkpoint interval.
+    /// Micro-batches per checkpoint interval on each device.
     pub fn micro_batches_per_epoch(&self) -> usize {
         self.checkpoint_every * self.accumulation
+    }
+
+    /// Sequences per micro-batch on each device.
+    pub fn device_batch_size(&self) -> usize {
+        (self.batch_size / self.devices.max(1)).max(1)
     }
 
     /// Checks the settings (the error names the option at fault and the run folder `dir`).
@@ -161,10 +178,17 @@ impl TrainConfig {
             ("accum", self.accumulation),
             ("checkpoint-every", self.checkpoint_every),
             ("pool-tokens", self.pool_tokens),
+            ("devices", self.devices),
         ] {
             if v == 0 {
                 return Err(bad(format!("--{name} must be at least 1")));
             }
+        }
+        if self.batch_size % self.devices != 0 {
+            return Err(bad(format!(
+                "--batch {} must be a multiple of the {} devices (each device takes an equal share of every batch)",
+                self.batch_size, self.devices
+            )));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(bad(format!("--lr {} must be a positive number", self.lr)));
@@ -313,6 +337,10 @@ pub struct TrainOutcome<B: AttentionBackend> {
     /// Whether every step ran (`false`: the time limit stopped the run at a checkpoint; the
     /// routers are those of that checkpoint and the run can be resumed).
     pub completed: bool,
+    /// Tokens trained on by this call, over all devices (padding excluded).
+    pub tokens_trained: usize,
+    /// Wall time of burn-train's loop in this call (validation and checkpoints included).
+    pub seconds: f64,
 }
 
 /// Trains routers for `model` on `train` (validating on up to `config.max_valid` samples of
@@ -334,6 +362,117 @@ pub fn train_routers<B>(
     dir: &Path,
     resume: bool,
     display: TrainDisplay,
+) -> Result<TrainOutcome<B::InnerBackend>>
+where
+    B: AutodiffBackend + AttentionBackend,
+    B::InnerBackend: AttentionBackend,
+{
+    if config.devices != 1 {
+        return Err(ModelError::Training {
+            path: dir.to_path_buf(),
+            message: format!(
+                "{} devices need train_routers_data_parallel (cargo feature `distributed`)",
+                config.devices
+            ),
+        });
+    }
+    run_training(
+        model,
+        train,
+        valid,
+        data_sha256,
+        config,
+        dir,
+        resume,
+        display,
+        None,
+    )
+}
+
+/// [`train_routers`] on several devices with burn's distributed data parallel (DDP): one
+/// copy of the routers and of the frozen model per device, each device a share of every batch,
+/// router and multiplier gradients averaged over NCCL inside each backward pass. The model is
+/// given on `devices[0]`; `config.devices` must be `devices.len()`.
+#[cfg(feature = "distributed")]
+#[allow(clippy::too_many_arguments)]
+pub fn train_routers_data_parallel<B>(
+    model: Model<B>,
+    train: Vec<RouterSample>,
+    valid: Vec<RouterSample>,
+    data_sha256: &str,
+    config: &TrainConfig,
+    dir: &Path,
+    resume: bool,
+    display: TrainDisplay,
+    devices: Vec<B::Device>,
+) -> Result<TrainOutcome<B::InnerBackend>>
+where
+    B: AutodiffBackend + AttentionBackend + burn::tensor::backend::distributed::DistributedBackend,
+    B::InnerBackend: AttentionBackend,
+{
+    use burn::tensor::backend::distributed::{DistributedConfig, ReduceOperation};
+    use burn::train::ExecutionStrategy;
+    if devices.len() != config.devices {
+        return Err(ModelError::Training {
+            path: dir.to_path_buf(),
+            message: format!(
+                "{} devices given for a run configured for {}",
+                devices.len(),
+                config.devices
+            ),
+        });
+    }
+    if devices.first() != Some(model.device()) {
+        return Err(ModelError::Training {
+            path: dir.to_path_buf(),
+            message: "the model must be loaded on the first of the devices".into(),
+        });
+    }
+    if devices.len() == 1 {
+        return run_training(
+            model,
+            train,
+            valid,
+            data_sha256,
+            config,
+            dir,
+            resume,
+            display,
+            None,
+        );
+    }
+    let strategy = ExecutionStrategy::<B>::ddp(
+        devices,
+        DistributedConfig {
+            all_reduce_op: ReduceOperation::Mean,
+        },
+    );
+    run_training(
+        model,
+        train,
+        valid,
+        data_sha256,
+        config,
+        dir,
+        resume,
+        display,
+        Some(strategy),
+    )
+}
+
+/// The run behind [`train_routers`] and `train_routers_data_parallel`: `strategy` `None`
+/// trains on the model's device.
+#[allow(clippy::too_many_arguments)]
+fn run_training<B>(
+    model: Model<B>,
+    train: Vec<RouterSample>,
+    valid: Vec<RouterSample>,
+    data_sha256: &str,
+    config: &TrainConfig,
+    dir: &Path,
+    resume: bool,
+    display: TrainDisplay,
+    strategy: Option<burn::train::ExecutionStrategy<B>>,
 ) -> Result<TrainOutcome<B::InnerBackend>>
 where
     B: AutodiffBackend + AttentionBackend,
@@ -406,6 +545,7 @@ where
         full_bias: 4.5,
     };
     let micro_per_epoch = config.micro_batches_per_epoch();
+    let devices = config.devices.max(1);
     let routers = RouterSet::<B>::new(&router_config, c.num_layers, &device);
     let objective = SparsityObjective::new(config.lambda_init.0, config.lambda_init.1, &device);
     let interrupter = Interrupter::new();
@@ -418,23 +558,26 @@ where
             sparse_mode: config.sparse_mode,
             temperature: TemperatureSchedule::new(epochs * config.checkpoint_every),
             accumulation: config.accumulation,
+            steps_per_epoch: config.checkpoint_every,
             seed: config.seed,
             deadline: config.time_limit.map(|secs| Deadline {
                 at: std::time::Instant::now() + std::time::Duration::from_secs_f64(secs.max(0.0)),
-                micro_batches_per_epoch: micro_per_epoch,
-                first_micro_batch: done_epochs * micro_per_epoch,
+                first_epoch: done_epochs,
             }),
         },
-        micro_batches: Arc::new(AtomicUsize::new(done_epochs * micro_per_epoch)),
+        peers: PeerAgreement::new(devices),
+        tokens_trained: Arc::new(AtomicUsize::new(0)),
         interrupter: StopHandle(interrupter.clone()),
         failure: failure.clone(),
     };
 
     let train = Arc::new(train);
     let valid: Vec<RouterSample> = valid.into_iter().take(config.max_valid.max(1)).collect();
+    // Each device takes `devices`-th of every epoch's samples (burn-train's split), as whole
+    // micro-batches of its share of the batch.
     let train_loader = RouterLoader::<B>::training(
         train,
-        config.batch_size,
+        config.device_batch_size(),
         micro_per_epoch * config.batch_size,
         config.seed,
         done_epochs,
@@ -449,7 +592,13 @@ where
         lambda_lr_ratio: config.lambda_lr_ratio,
         max_grad_norm: config.max_grad_norm,
     });
-    let schedule = WarmupCosine::new(config.lr, config.warmup_fraction, epochs * micro_per_epoch);
+    // burn-train steps the schedule once per micro-batch, and `devices` times per micro-batch
+    // under DDP.
+    let schedule = WarmupCosine::new(
+        config.lr,
+        config.warmup_fraction,
+        epochs * micro_per_epoch * devices,
+    );
     let (inner, print_every) = match display {
         TrainDisplay::Quiet { every } => (None, every),
         TrainDisplay::Terminal => (
@@ -457,11 +606,12 @@ where
             10,
         ),
     };
+    // Under DDP burn-train numbers each device's micro-batches as `devices` iterations.
     let log = MetricsLog::new(
         &dir.join("metrics.jsonl"),
         inner,
-        micro_per_epoch,
-        config.accumulation,
+        micro_per_epoch * devices,
+        config.accumulation * devices,
         print_every,
     )
     .map_err(|e| ModelError::io(dir.join("metrics.jsonl"), e))?;
@@ -486,7 +636,13 @@ where
     if done_epochs > 0 {
         training = training.checkpoint(done_epochs);
     }
+    if let Some(strategy) = strategy {
+        training = training.with_training_strategy(strategy.into());
+    }
+    let tokens_trained = trainer.tokens_trained.clone();
+    let started = std::time::Instant::now();
     let result = training.launch(Learner::new(trainer, optimizer, schedule));
+    let seconds = started.elapsed().as_secs_f64();
     if let Some(message) = failure.get() {
         return Err(fail(format!(
             "training stopped: {message}; the last checkpoint in {} is kept",
@@ -517,6 +673,8 @@ where
         resumed_from_epoch: done_epochs,
         epochs_done,
         completed: !stopped_at_deadline,
+        tokens_trained: tokens_trained.load(std::sync::atomic::Ordering::Relaxed),
+        seconds,
     })
 }
 

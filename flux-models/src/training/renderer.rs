@@ -27,6 +27,9 @@ pub struct MetricsLog {
     micro_batches_per_epoch: usize,
     accumulation: usize,
     print_every: usize,
+    /// The last optimizer step printed (each device of a data-parallel run reports it).
+    printed_step: Option<usize>,
+    started: std::time::Instant,
 }
 
 impl MetricsLog {
@@ -51,6 +54,8 @@ impl MetricsLog {
             micro_batches_per_epoch: micro_batches_per_epoch.max(1),
             accumulation: accumulation.max(1),
             print_every: print_every.max(1),
+            printed_step: None,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -147,12 +152,20 @@ impl MetricsRendererTraining for MetricsLog {
         line.insert("epoch".into(), epoch.into());
         line.insert("micro_batch".into(), micro.into());
         line.insert("step".into(), step.into());
+        line.insert(
+            "elapsed_s".into(),
+            self.started.elapsed().as_secs_f64().into(),
+        );
         let values: Vec<(String, f64)> = self.current.drain(..).collect();
         for (name, v) in &values {
             line.insert(name.clone(), (*v).into());
         }
         self.write(serde_json::Value::Object(line));
-        if self.inner.is_none() && micro % (self.print_every * self.accumulation) == 0 {
+        if self.inner.is_none()
+            && micro % (self.print_every * self.accumulation) == 0
+            && self.printed_step != Some(step)
+        {
+            self.printed_step = Some(step);
             let get = |n: &str| values.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
             println!(
                 "step {step} (epoch {epoch}/{}): lm {:.4}  penalty {:.4}  sparsity {:.3}  tau {:.3}  lr {:.2e}  {:.0} tok/s",

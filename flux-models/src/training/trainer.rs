@@ -16,7 +16,9 @@ use flux_router::{RouterSet, SparsityObjective, TaskCategory, TemperatureSchedul
 use super::backbone::Backbone;
 use super::batch::RouterBatch;
 use super::evaluate::score_sample;
-use super::layerwise::{router_gradients, StepInput};
+use super::layerwise::{router_gradients_agreed, StepInput};
+use super::peers::PeerAgreement;
+use crate::error::ModelError;
 use crate::model::Routing;
 
 /// Settings of the training step that are not parameters.
@@ -26,13 +28,14 @@ pub struct StepSettings {
     pub sparse_mode: AttentionMode,
     /// Gumbel temperature over optimizer steps.
     pub temperature: TemperatureSchedule,
-    /// Micro-batches per optimizer step (their gradients are summed, so each is scaled by
-    /// `1 / accumulation`).
+    /// Micro-batches per optimizer step on each device (their gradients are summed, so each
+    /// is scaled by `1 / accumulation`).
     pub accumulation: usize,
-    /// Seed of the Gumbel noise (mixed with the micro-batch number).
+    /// Optimizer steps per checkpoint interval (burn-train epoch).
+    pub steps_per_epoch: usize,
+    /// Seed of the Gumbel noise (mixed with the batch's place in the run).
     pub seed: u64,
-    /// Stop at the first checkpoint boundary after this instant (micro-batches per checkpoint
-    /// interval, and the micro-batch the run started at).
+    /// Stop at the first checkpoint boundary after this instant.
     pub deadline: Option<Deadline>,
 }
 
@@ -41,10 +44,8 @@ pub struct StepSettings {
 pub struct Deadline {
     /// When to stop.
     pub at: Instant,
-    /// Micro-batches per checkpoint interval.
-    pub micro_batches_per_epoch: usize,
-    /// The micro-batch this call started at.
-    pub first_micro_batch: usize,
+    /// The checkpoint interval this call started at (its start is no boundary to stop at).
+    pub first_epoch: usize,
 }
 
 /// The message of a stop at the deadline.
@@ -89,19 +90,15 @@ pub struct RouterTrainer<B: Backend> {
     pub backbone: Backbone<B>,
     /// Step settings.
     pub settings: StepSettings,
-    /// Micro-batches run so far (the step counter; shared by clones).
-    pub micro_batches: Arc<AtomicUsize>,
+    /// The devices of the run deciding together to go on or stop (shared by the copies
+    /// burn-train forks to each device).
+    pub peers: PeerAgreement,
+    /// Tokens trained on by this call, over all devices.
+    pub tokens_trained: Arc<AtomicUsize>,
     /// Stops the loop when a step fails.
     pub interrupter: StopHandle,
     /// The failure that stopped it.
     pub failure: StepFailure,
-}
-
-impl<B: Backend> RouterTrainer<B> {
-    /// Sets the step counter (a resumed run continues where its checkpoint stopped).
-    pub fn set_micro_batches(&self, done: usize) {
-        self.micro_batches.store(done, Ordering::SeqCst);
-    }
 }
 
 /// What one training or validation step reports to the metrics.
@@ -143,31 +140,38 @@ where
 
     fn step(&self, batch: RouterBatch<B>) -> TrainOutput<RouterStepOutput> {
         let start = Instant::now();
-        let micro = self.micro_batches.fetch_add(1, Ordering::SeqCst);
+        let stopped = || TrainOutput {
+            grads: GradientsParams::new(),
+            item: RouterStepOutput {
+                lm_loss: f64::NAN,
+                ..Default::default()
+            },
+        };
+        let position = batch.position;
         if let Some(d) = self.settings.deadline {
             // The first micro-batch of an interval: the previous one is checkpointed.
-            if micro > d.first_micro_batch
-                && micro % d.micro_batches_per_epoch.max(1) == 0
-                && Instant::now() >= d.at
-            {
-                self.interrupter.0.stop(Some(DEADLINE_MESSAGE));
-                return TrainOutput {
-                    grads: GradientsParams::new(),
-                    item: RouterStepOutput {
-                        lm_loss: f64::NAN,
-                        ..Default::default()
-                    },
-                };
+            if position.micro_batch == 0 && position.epoch > d.first_epoch {
+                let past = Instant::now() >= d.at;
+                if past {
+                    self.interrupter.0.stop(Some(DEADLINE_MESSAGE));
+                }
+                // Every device stops at the same boundary, or none does.
+                if !self.peers.all_go_on(!past) {
+                    return stopped();
+                }
             }
         }
         let accumulation = self.settings.accumulation.max(1);
-        let tau = self.settings.temperature.at(micro / accumulation);
-        // Resumable without saved generator state: the noise depends on the counter alone.
+        let step = position.epoch * self.settings.steps_per_epoch
+            + position.micro_batch / accumulation;
+        let tau = self.settings.temperature.at(step);
+        // Resumable without saved generator state, and different on every device: the noise
+        // depends on the batch's place in the run alone.
         let seed = self
             .settings
             .seed
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(micro as u64);
+            .wrapping_add(position.first_item as u64);
         let input = StepInput {
             spans: &batch.spans,
             pool_spans: &batch.pool_spans,
@@ -176,7 +180,19 @@ where
             categories: &batch.categories,
             targets: &batch.targets,
         };
-        let result = router_gradients(
+        let fail = |e: &dyn std::fmt::Display| {
+            let message = format!("training step {step}: {e}");
+            self.failure.set(message.clone());
+            self.interrupter.0.stop(Some(&message));
+        };
+        let before_backward = |failure: Option<&ModelError>| {
+            // The reason is recorded before the other devices can see the stop.
+            if let Some(e) = failure {
+                fail(e);
+            }
+            self.peers.all_go_on(failure.is_none())
+        };
+        let result = router_gradients_agreed(
             self.backbone.model(),
             &self.routers,
             &self.objective,
@@ -186,38 +202,37 @@ where
             tau,
             seed,
             1.0 / accumulation as f64,
+            &before_backward,
         );
         let (lambda1, lambda2) = self.objective.valid().all_multipliers();
         match result {
-            Ok((grads, stats)) => TrainOutput {
-                grads,
-                item: RouterStepOutput {
-                    lm_loss: stats.lm_loss,
-                    lm_tokens: stats.lm_tokens,
-                    penalty: Some(stats.penalty),
-                    sparsity: batch
-                        .categories
-                        .iter()
-                        .copied()
-                        .zip(stats.sparsity)
-                        .collect(),
-                    lambdas: Some((lambda1, lambda2)),
-                    tau: Some(tau),
-                    tokens: batch.num_tokens(),
-                    seconds: start.elapsed().as_secs_f64(),
-                },
-            },
-            Err(e) => {
-                let message = format!("training step {}: {e}", micro / accumulation);
-                self.failure.set(message.clone());
-                self.interrupter.0.stop(Some(&message));
+            Ok((grads, stats)) => {
+                self.tokens_trained
+                    .fetch_add(batch.num_tokens(), Ordering::Relaxed);
                 TrainOutput {
-                    grads: GradientsParams::new(),
+                    grads,
                     item: RouterStepOutput {
-                        lm_loss: f64::NAN,
-                        ..Default::default()
+                        lm_loss: stats.lm_loss,
+                        lm_tokens: stats.lm_tokens,
+                        penalty: Some(stats.penalty),
+                        sparsity: batch
+                            .categories
+                            .iter()
+                            .copied()
+                            .zip(stats.sparsity)
+                            .collect(),
+                        lambdas: Some((lambda1, lambda2)),
+                        tau: Some(tau),
+                        tokens: batch.num_tokens(),
+                        seconds: start.elapsed().as_secs_f64(),
                     },
                 }
+            }
+            Err(e) => {
+                // First error wins: a device that stopped because another failed keeps that
+                // device's reason.
+                fail(&e);
+                stopped()
             }
         }
     }
