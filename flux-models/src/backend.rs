@@ -80,7 +80,9 @@ pub fn run_on<T: BackendTask>(
 }
 
 /// The device numbered `index` (a GPU number, as in `--devices 0,1`) of backend `B`'s kind.
-pub fn device_number<B: burn::tensor::backend::Backend>(index: usize) -> Result<B::Device, ModelError> {
+pub fn device_number<B: burn::tensor::backend::Backend>(
+    index: usize,
+) -> Result<B::Device, ModelError> {
     use burn::tensor::backend::{Device, DeviceOps};
     let mut id = B::Device::default().id();
     id.index_id = u16::try_from(index).map_err(|_| ModelError::InvalidArgument {

@@ -178,7 +178,9 @@ impl AutodiffTask for Args {
         if let Some(d) = self.devices.iter().find(|&&d| !seen.insert(d)) {
             bail!("--devices names device {d} twice");
         }
-        if self.devices.len() > 1 && (!cfg!(feature = "distributed") || self.backend != BackendChoice::Cuda) {
+        if self.devices.len() > 1
+            && (!cfg!(feature = "distributed") || self.backend != BackendChoice::Cuda)
+        {
             bail!(
                 "--devices with {} devices needs --backend cuda and a build with the `distributed` feature (cargo build --release -p flux-examples --no-default-features --features cuda,distributed,tui)",
                 self.devices.len()

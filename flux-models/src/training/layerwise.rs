@@ -27,6 +27,7 @@ use flux_attention::{AttentionBackend, AttentionMode};
 use flux_router::{GumbelSoftmax, RouterSet, SparsityObjective, TaskCategory};
 use rand::{rngs::StdRng, SeedableRng};
 
+use super::peers::PeerAgreement;
 use crate::error::{ModelError, Result};
 use crate::model::{Model, TrainLayer};
 
@@ -162,12 +163,6 @@ fn forward_layers<B: AttentionBackend>(
     Ok(out)
 }
 
-/// Called once per step, before the first backward pass, with this device's error if its
-/// forward pass failed; answers whether every device goes on. Devices of a data-parallel run
-/// must all run the same backward passes (their gradients are exchanged inside them), so they
-/// decide together; a single device answers for itself.
-pub type BeforeBackward<'a> = &'a dyn Fn(Option<&ModelError>) -> bool;
-
 /// Gradients of `scale * (LM loss + penalty)` for the routers and the multipliers, by
 /// layer-wise recomputation (see the module docs), with Gumbel temperature `tau`.
 #[allow(clippy::too_many_arguments)]
@@ -195,7 +190,8 @@ where
         tau,
         seed,
         scale,
-        &|failure| failure.is_none(),
+        &PeerAgreement::new(1),
+        &|_| {},
     )
 }
 
@@ -288,9 +284,11 @@ where
     })
 }
 
-/// [`router_gradients`] for one device of several: `before_backward` is asked, after the
-/// forward pass and before any backward pass, whether every device goes on. When another
-/// device stopped the step, returns an error saying so.
+/// [`router_gradients`] for one device of several. Devices of a data-parallel run must all run
+/// the same backward passes (their gradients are exchanged inside them): after the forward
+/// pass this device's failure, if any, goes to `on_failure` and then `peers` decide whether
+/// every device goes on (an error says so when another one stopped the step); after each
+/// backward pass that exchanged gradients the devices wait for each other.
 #[allow(clippy::too_many_arguments)]
 pub fn router_gradients_agreed<B>(
     model: &Model<B>,
@@ -302,7 +300,8 @@ pub fn router_gradients_agreed<B>(
     tau: f64,
     seed: u64,
     scale: f64,
-    before_backward: BeforeBackward<'_>,
+    peers: &PeerAgreement,
+    on_failure: &dyn Fn(&ModelError),
 ) -> Result<(GradientsParams, StepStats)>
 where
     B: AutodiffBackend + AttentionBackend,
@@ -317,7 +316,11 @@ where
         tau,
         seed,
     );
-    let go_on = before_backward(forward.as_ref().err());
+    if let Err(e) = &forward {
+        // Recorded before the other devices can see the stop.
+        on_failure(e);
+    }
+    let go_on = peers.all_go_on(forward.is_ok());
     let Forward {
         pass,
         inputs,
@@ -342,6 +345,7 @@ where
         .ok_or_else(|| internal("no gradient reached the last layer"))?;
     let mut out = GradientsParams::new();
     let mut penalty_grads = penalty.mul_scalar(scale).backward();
+    peers.wait_for_all();
     // ds_i / dz_{l,i} = -1 / L for every layer.
     let dp_ds = s
         .grad(&penalty_grads)
@@ -367,6 +371,7 @@ where
         let (y, z, _) = model.train_layer(l, leaf.clone(), step, &mut layer_rng(seed, l))?;
         let surrogate = (y * Tensor::from_inner(g)).sum() + (z * c.clone()).sum();
         let mut grads = surrogate.backward();
+        peers.wait_for_all();
         routers.routers[l].visit(&mut AddGrads::<B> {
             grads: &mut grads,
             into: &mut out,

@@ -215,7 +215,9 @@ mod tests {
     }
 
     /// Each batch's first token names its sample (`id - 1`).
-    fn drawn(loader: &dyn DataLoader<NdArray, RouterBatch<NdArray>>) -> Vec<(usize, BatchPosition)> {
+    fn drawn(
+        loader: &dyn DataLoader<NdArray, RouterBatch<NdArray>>,
+    ) -> Vec<(usize, BatchPosition)> {
         let mut out = Vec::new();
         let mut it = loader.iter();
         while let Some(b) = it.next() {
@@ -230,7 +232,8 @@ mod tests {
     fn device_shares_split_every_epoch_into_the_single_device_samples() {
         let (batch, devices, micro_per_epoch) = (4, 2, 3);
         let items = micro_per_epoch * batch;
-        let whole = RouterLoader::<NdArray>::training(samples(10), batch, items, 7, 0, Default::default());
+        let whole =
+            RouterLoader::<NdArray>::training(samples(10), batch, items, 7, 0, Default::default());
         let split = RouterLoader::<NdArray>::training(
             samples(10),
             batch / devices,
@@ -253,7 +256,10 @@ mod tests {
             assert_eq!(a.len(), items);
             a.sort_unstable();
             b.sort_unstable();
-            assert_eq!(a, b, "epoch {epoch}: the devices see the single device's samples");
+            assert_eq!(
+                a, b,
+                "epoch {epoch}: the devices see the single device's samples"
+            );
             // Positions: the epoch, micro-batches counted per device, and first items that
             // differ between all batches of all devices.
             let mut firsts: Vec<usize> = per_device

@@ -36,8 +36,8 @@ pub use evaluate::{
     cheapest_layers_plan, layer_sparsification_costs, mean_loss, score_sample, SampleScore,
 };
 pub use layerwise::{
-    answer_loss, router_gradients, router_gradients_agreed, router_gradients_full_graph,
-    BeforeBackward, StepInput, StepStats,
+    answer_loss, router_gradients, router_gradients_agreed, router_gradients_full_graph, StepInput,
+    StepStats,
 };
 pub use loader::RouterLoader;
 pub use metrics::{RouterMetric, RouterMetricKind};

@@ -49,6 +49,16 @@ impl PeerAgreement {
         go_on
     }
 
+    /// Waits until every device has come here. burn's gradient-sync server forgets a device
+    /// that registers its next backward pass before the others closed the last one (it resets
+    /// its counts when the last device syncs), so a step that runs several backward passes
+    /// waits after each one that exchanged gradients.
+    pub fn wait_for_all(&self) {
+        if self.peers > 1 {
+            self.barrier.wait();
+        }
+    }
+
     /// Whether some device stopped the run.
     pub fn stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)

@@ -162,8 +162,8 @@ where
             }
         }
         let accumulation = self.settings.accumulation.max(1);
-        let step = position.epoch * self.settings.steps_per_epoch
-            + position.micro_batch / accumulation;
+        let step =
+            position.epoch * self.settings.steps_per_epoch + position.micro_batch / accumulation;
         let tau = self.settings.temperature.at(step);
         // Resumable without saved generator state, and different on every device: the noise
         // depends on the batch's place in the run alone.
@@ -185,13 +185,6 @@ where
             self.failure.set(message.clone());
             self.interrupter.0.stop(Some(&message));
         };
-        let before_backward = |failure: Option<&ModelError>| {
-            // The reason is recorded before the other devices can see the stop.
-            if let Some(e) = failure {
-                fail(e);
-            }
-            self.peers.all_go_on(failure.is_none())
-        };
         let result = router_gradients_agreed(
             self.backbone.model(),
             &self.routers,
@@ -202,7 +195,8 @@ where
             tau,
             seed,
             1.0 / accumulation as f64,
-            &before_backward,
+            &self.peers,
+            &|e: &ModelError| fail(e),
         );
         let (lambda1, lambda2) = self.objective.valid().all_multipliers();
         match result {
