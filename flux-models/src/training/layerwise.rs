@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{
     activation::log_softmax,
@@ -27,7 +27,7 @@ use flux_attention::{AttentionBackend, AttentionMode};
 use flux_router::{GumbelSoftmax, RouterSet, SparsityObjective, TaskCategory};
 use rand::{rngs::StdRng, SeedableRng};
 
-use super::peers::PeerAgreement;
+use super::peers::{trace, PeerAgreement};
 use crate::error::{ModelError, Result};
 use crate::model::{Model, TrainLayer};
 
@@ -84,6 +84,22 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for AddGrads<'_, B> {
             };
             self.into.register::<B::InnerBackend, D>(param.id, total);
         }
+    }
+}
+
+/// Replaces every parameter's tensor by an untracked copy that requires a gradient: a new
+/// graph leaf, with the parameter's id (so gradients land under it) and none of the marks
+/// burn's data-parallel training puts on the original.
+struct FreshLeaves;
+
+impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let mut leaf = Tensor::from_inner(tensor.clone().inner());
+        if tensor.is_require_grad() {
+            leaf = leaf.require_grad();
+        }
+        Param::from_mapped_value(id, leaf, mapper)
     }
 }
 
@@ -284,11 +300,11 @@ where
     })
 }
 
-/// [`router_gradients`] for one device of several. Devices of a data-parallel run must all run
-/// the same backward passes (their gradients are exchanged inside them): after the forward
+/// [`router_gradients`] for one device of several. The graphs are built from untracked copies
+/// of the parameters (same ids), so no backward pass exchanges anything; after the forward
 /// pass this device's failure, if any, goes to `on_failure` and then `peers` decide whether
-/// every device goes on (an error says so when another one stopped the step); after each
-/// backward pass that exchanged gradients the devices wait for each other.
+/// every device goes on (an error says so when another one stopped the step), so that all of
+/// them reach the gradient exchange that follows ([`PeerAgreement::average`]).
 #[allow(clippy::too_many_arguments)]
 pub fn router_gradients_agreed<B>(
     model: &Model<B>,
@@ -306,6 +322,10 @@ pub fn router_gradients_agreed<B>(
 where
     B: AutodiffBackend + AttentionBackend,
 {
+    // Fresh leaves, not the learner's parameters: burn would all-reduce those inside every
+    // backward pass of a data-parallel run (see `peers`).
+    let routers = &routers.clone().map(&mut FreshLeaves);
+    let objective = &objective.clone().map(&mut FreshLeaves);
     let forward = forward_and_losses(
         model,
         routers,
@@ -320,7 +340,13 @@ where
         // Recorded before the other devices can see the stop.
         on_failure(e);
     }
+    let device = model.device().clone();
+    trace(
+        &device,
+        format_args!("forward done (ok: {})", forward.is_ok()),
+    );
     let go_on = peers.all_go_on(forward.is_ok());
+    trace(&device, format_args!("agreed: go on {go_on}"));
     let Forward {
         pass,
         inputs,
@@ -344,8 +370,9 @@ where
         .grad(&grads)
         .ok_or_else(|| internal("no gradient reached the last layer"))?;
     let mut out = GradientsParams::new();
+    trace(&device, format_args!("LM backward done"));
     let mut penalty_grads = penalty.mul_scalar(scale).backward();
-    peers.wait_for_all();
+    trace(&device, format_args!("penalty backward done"));
     // ds_i / dz_{l,i} = -1 / L for every layer.
     let dp_ds = s
         .grad(&penalty_grads)
@@ -371,7 +398,7 @@ where
         let (y, z, _) = model.train_layer(l, leaf.clone(), step, &mut layer_rng(seed, l))?;
         let surrogate = (y * Tensor::from_inner(g)).sum() + (z * c.clone()).sum();
         let mut grads = surrogate.backward();
-        peers.wait_for_all();
+        trace(&device, format_args!("layer {l} backward done"));
         routers.routers[l].visit(&mut AddGrads::<B> {
             grads: &mut grads,
             into: &mut out,

@@ -136,6 +136,8 @@ where
         mut module: RouterTrainer<B>,
         mut grads: GradientsParams,
     ) -> RouterTrainer<B> {
+        let device = module.backbone.model().device().clone();
+        super::peers::trace(&device, format_args!("optimizer step starts"));
         let mut ascent = GradientsParams::new();
         for id in list_param_ids::<_, B>(&module.objective) {
             if let Some(g) = grads.remove::<B::InnerBackend, 1>(id) {
@@ -149,6 +151,7 @@ where
         module.objective =
             self.lambdas
                 .step(lr * self.config.lambda_lr_ratio, module.objective, ascent);
+        super::peers::trace(&device, format_args!("optimizer step done"));
         module
     }
 }

@@ -17,7 +17,7 @@ use super::backbone::Backbone;
 use super::batch::RouterBatch;
 use super::evaluate::score_sample;
 use super::layerwise::{router_gradients_agreed, StepInput};
-use super::peers::PeerAgreement;
+use super::peers::{trace, PeerAgreement};
 use crate::error::ModelError;
 use crate::model::Routing;
 
@@ -148,6 +148,8 @@ where
             },
         };
         let position = batch.position;
+        let device = self.backbone.model().device().clone();
+        trace(&device, format_args!("step starts at {position:?}"));
         if let Some(d) = self.settings.deadline {
             // The first micro-batch of an interval: the previous one is checkpointed.
             if position.micro_batch == 0 && position.epoch > d.first_epoch {
@@ -198,9 +200,16 @@ where
             &self.peers,
             &|e: &ModelError| fail(e),
         );
+        trace(
+            &device,
+            format_args!("gradients done (ok: {})", result.is_ok()),
+        );
         let (lambda1, lambda2) = self.objective.valid().all_multipliers();
         match result {
-            Ok((grads, stats)) => {
+            Ok((mut grads, stats)) => {
+                // The mean over the devices (every device got here: they agreed to go on).
+                self.peers.average::<B, _>(self, &mut grads);
+                trace(&device, format_args!("gradients averaged"));
                 self.tokens_trained
                     .fetch_add(batch.num_tokens(), Ordering::Relaxed);
                 TrainOutput {
