@@ -4,42 +4,19 @@
 
 mod common;
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::Tensor;
-use common::routed::{tiny, values};
+use common::routed::{random_samples, tiny, values};
 use flux_attention::AttentionMode;
-use flux_models::router_data::RouterSample;
 use flux_models::training::{
     latest_complete_epoch, train_routers, TrainConfig, TrainDisplay, CHECKPOINT_EXTENSION,
 };
 use flux_models::{Model, Routing};
 use flux_router::{RouterSet, TaskCategory};
-use rand::{rngs::StdRng, Rng, SeedableRng};
 
 type AD = Autodiff<NdArray<f32>>;
-
-/// Samples of random tokens: a prompt and a short answer, every category.
-fn samples(n: usize, seed: u64, len: Range<usize>) -> Vec<RouterSample> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|i| {
-            let total = rng.random_range(len.clone());
-            let ids: Vec<u32> = (0..total).map(|_| rng.random_range(3..500)).collect();
-            let category = TaskCategory::ALL[i % TaskCategory::ALL.len()];
-            RouterSample {
-                ids,
-                prompt_span: 1..total - 4,
-                answer: total - 4..total,
-                category,
-                target: category.default_target(),
-                family: "synthetic".into(),
-            }
-        })
-        .collect()
-}
 
 fn config(steps: usize, every: usize) -> TrainConfig {
     TrainConfig {
@@ -73,8 +50,8 @@ fn train(
 ) -> flux_models::Result<flux_models::training::TrainOutcome<NdArray<f32>>> {
     train_routers(
         model.clone(),
-        samples(40, 1, 20..40),
-        samples(4, 2, 20..40),
+        random_samples(40, 1, 20..40),
+        random_samples(4, 2, 20..40),
         "test-data",
         config,
         dir,
@@ -187,8 +164,8 @@ fn burn_train_loop_trains_checkpoints_and_resumes_exactly() {
     let other = tiny::<AD>("tiny-qwen3");
     let err = train_routers(
         other,
-        samples(40, 1, 20..40),
-        samples(4, 2, 20..40),
+        random_samples(40, 1, 20..40),
+        random_samples(4, 2, 20..40),
         "test-data",
         &config(6, 2),
         &killed,
@@ -215,7 +192,7 @@ fn sparsity_rises_toward_the_target_and_the_router_file_changes_the_plan() {
     cfg.lambda_init = (2.0, 2.0);
     let out = train_routers(
         model.clone(),
-        samples(40, 1, 20..40)
+        random_samples(40, 1, 20..40)
             .into_iter()
             .map(|mut s| {
                 s.category = TaskCategory::Code;
@@ -223,7 +200,7 @@ fn sparsity_rises_toward_the_target_and_the_router_file_changes_the_plan() {
                 s
             })
             .collect(),
-        samples(4, 2, 20..40),
+        random_samples(4, 2, 20..40),
         "test-data",
         &cfg,
         &dir,

@@ -205,7 +205,9 @@ impl AutodiffTask for Args {
             config.steps,
             dir.display()
         );
-        let display = if self.quiet {
+        // The terminal UI's quit key stops one device's loop at any moment, which would leave
+        // the others waiting for it: several devices print quiet lines.
+        let display = if self.quiet || self.devices.len() > 1 {
             TrainDisplay::Quiet {
                 every: self.print_every,
             }

@@ -389,10 +389,11 @@ where
     )
 }
 
-/// [`train_routers`] on several devices with burn's distributed data parallel (DDP): one
-/// copy of the routers and of the frozen model per device, each device a share of every batch,
-/// router and multiplier gradients averaged over NCCL inside each backward pass. The model is
-/// given on `devices[0]`; `config.devices` must be `devices.len()`.
+/// [`train_routers`] on several devices with burn-train's distributed data parallel (DDP)
+/// strategy: one copy of the routers and of the frozen model per device, each device a share
+/// of every batch, router and multiplier gradients averaged over the devices after each step
+/// ([`PeerAgreement::average`]). The model is given on `devices[0]`; `config.devices` must be
+/// `devices.len()`.
 #[cfg(feature = "distributed")]
 #[allow(clippy::too_many_arguments)]
 pub fn train_routers_data_parallel<B>(
@@ -428,25 +429,14 @@ where
             message: "the model must be loaded on the first of the devices".into(),
         });
     }
-    if devices.len() == 1 {
-        return run_training(
-            model,
-            train,
-            valid,
-            data_sha256,
-            config,
-            dir,
-            resume,
-            display,
-            None,
-        );
-    }
-    let strategy = ExecutionStrategy::<B>::ddp(
-        devices,
-        DistributedConfig {
-            all_reduce_op: ReduceOperation::Mean,
-        },
-    );
+    let strategy = (devices.len() > 1).then(|| {
+        ExecutionStrategy::<B>::ddp(
+            devices,
+            DistributedConfig {
+                all_reduce_op: ReduceOperation::Mean,
+            },
+        )
+    });
     run_training(
         model,
         train,
@@ -456,7 +446,7 @@ where
         dir,
         resume,
         display,
-        Some(strategy),
+        strategy,
     )
 }
 

@@ -153,12 +153,12 @@ where
         if let Some(d) = self.settings.deadline {
             // The first micro-batch of an interval: the previous one is checkpointed.
             if position.micro_batch == 0 && position.epoch > d.first_epoch {
+                // Every device stops at the same boundary, or none does. burn-train's
+                // interrupter is set only once all of them have agreed: a device that saw it
+                // earlier would leave its loop before the agreement and hang the others.
                 let past = Instant::now() >= d.at;
-                if past {
-                    self.interrupter.0.stop(Some(DEADLINE_MESSAGE));
-                }
-                // Every device stops at the same boundary, or none does.
                 if !self.peers.all_go_on(!past) {
+                    self.interrupter.0.stop(Some(DEADLINE_MESSAGE));
                     return stopped();
                 }
             }
@@ -182,10 +182,10 @@ where
             categories: &batch.categories,
             targets: &batch.targets,
         };
-        let fail = |e: &dyn std::fmt::Display| {
+        let record = |e: &dyn std::fmt::Display| {
             let message = format!("training step {step}: {e}");
             self.failure.set(message.clone());
-            self.interrupter.0.stop(Some(&message));
+            message
         };
         let result = router_gradients_agreed(
             self.backbone.model(),
@@ -198,7 +198,10 @@ where
             seed,
             1.0 / accumulation as f64,
             &self.peers,
-            &|e: &ModelError| fail(e),
+            // Before the agreement only the reason is kept (see the deadline above).
+            &|e: &ModelError| {
+                record(e);
+            },
         );
         trace(
             &device,
@@ -234,7 +237,8 @@ where
             Err(e) => {
                 // First error wins: a device that stopped because another failed keeps that
                 // device's reason.
-                fail(&e);
+                let message = record(&e);
+                self.interrupter.0.stop(Some(&message));
                 stopped()
             }
         }

@@ -64,3 +64,27 @@ impl<Bk: Backend> ModuleMapper<Bk> for Randomize<Bk> {
         })
     }
 }
+
+/// Samples of random tokens: a prompt and a short answer, every category in turn.
+pub fn random_samples(
+    n: usize,
+    seed: u64,
+    len: std::ops::Range<usize>,
+) -> Vec<flux_models::router_data::RouterSample> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let total = rng.random_range(len.clone());
+            let ids: Vec<u32> = (0..total).map(|_| rng.random_range(3..500)).collect();
+            let category = flux_router::TaskCategory::ALL[i % flux_router::TaskCategory::ALL.len()];
+            flux_models::router_data::RouterSample {
+                ids,
+                prompt_span: 1..total - 4,
+                answer: total - 4..total,
+                category,
+                target: category.default_target(),
+                family: "synthetic".into(),
+            }
+        })
+        .collect()
+}
