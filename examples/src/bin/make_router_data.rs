@@ -6,12 +6,11 @@
 //!     --sotu ~/.cache/flux-models/texts/sotu --out data/smollm2 --lengths 2048,4096
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use flux_models::gguf::GgufFile;
 use flux_models::router_data::{
     build_split, default_cargo_home, write_router_data, DataConfig, Sources, Split,
 };
@@ -57,20 +56,6 @@ fn parse_lengths(s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    if path.is_dir() {
-        Ok(Tokenizer::from_dir(path)?)
-    } else if path.is_file() {
-        let file = GgufFile::open(path)?;
-        Ok(Tokenizer::from_gguf(&file)?)
-    } else {
-        bail!(
-            "{}: no such file or folder (--tokenizer wants a GGUF file or a HF folder)",
-            path.display()
-        )
-    }
-}
-
 fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let config = DataConfig {
@@ -83,7 +68,7 @@ fn run(args: Args) -> Result<()> {
     if !args.sotu.is_dir() {
         bail!("{}: no such folder (--sotu)", args.sotu.display());
     }
-    let tokenizer = load_tokenizer(&args.tokenizer)?;
+    let tokenizer = Tokenizer::load(&args.tokenizer)?;
     let cargo_home = default_cargo_home();
     let sources = Sources::load(&args.sotu, &cargo_home)?;
     eprintln!(

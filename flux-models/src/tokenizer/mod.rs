@@ -77,6 +77,20 @@ impl Tokenizer {
         from_gguf::from_gguf(file)
     }
 
+    /// The tokenizer of a model given as a HF folder or a GGUF file (the weights are not read).
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_dir(path)
+        } else if path.is_file() {
+            Self::from_gguf(&crate::gguf::GgufFile::open(path)?)
+        } else {
+            Err(ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                message: "no such file or folder (a GGUF file or a HF folder is expected)".into(),
+            })
+        }
+    }
+
     /// Encodes `text`. With `add_special_tokens`, BOS is put first when the model's tokenizer
     /// does so; special tokens written in the text (`<|im_start|>`) are always recognised.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {

@@ -1,0 +1,314 @@
+//! Long-context evaluation: runs a task file (JSON lines, see the README) under several routing
+//! plans, so that every plan sees the same samples, and writes the per-sample results and a
+//! summary table (accuracy per task x length x plan, sparsity, prefill and decode speed).
+//! `--make-suite NAME` writes a built-in suite as such a file instead.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use flux_attention::{AttentionBackend, AttentionMode};
+use flux_examples::routing_args::SparseModeArgs;
+use flux_models::backend::{run_on, BackendChoice, BackendTask};
+use flux_models::eval::{
+    evaluate_task, make_suite, read_tasks, summarize, summary_markdown, write_tasks, EvalTask,
+    Haystack, MalformedLines, Suite, SuiteConfig,
+};
+use flux_models::{load, Model, ModelError, Routing, Tokenizer};
+use flux_router::{ForcedPlan, RouterSet, RoutingPlan};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+/// Evaluate routing plans and trained routers on a task file.
+#[derive(Parser, Clone)]
+struct Args {
+    /// Model folder (config.json, *.safetensors, tokenizer.json) or GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Task file (JSON lines).
+    #[arg(long, required_unless_present = "make_suite")]
+    tasks: Option<PathBuf>,
+    /// Write a built-in suite (niah_single, niah_mk, niah_mv, vt) to --out (a .jsonl file), sized
+    /// with --model's tokenizer, instead of evaluating.
+    #[arg(long)]
+    make_suite: Option<String>,
+    /// Haystack text of --make-suite (default: Moby-Dick from scripts/fetch-models.sh).
+    #[arg(long)]
+    haystack: Option<PathBuf>,
+    /// Prompt lengths in tokens of --make-suite.
+    #[arg(long, value_delimiter = ',', default_value = "4096,8192")]
+    lengths: Vec<usize>,
+    /// Seed of --make-suite.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A forced plan to evaluate (repeatable): all-full, all-sparse, first:K, last:K,
+    /// fraction:F or layers:A,B,... Without --plan and --router: all-full and all-sparse.
+    #[arg(long = "plan")]
+    plans: Vec<String>,
+    /// Trained routers to evaluate (repeatable), named by their file name.
+    #[arg(long = "router")]
+    routers: Vec<PathBuf>,
+    /// At most this many samples of each task (the first ones of the file); with
+    /// --make-suite, the samples per length (default 20).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Leave out malformed task lines (listed on stderr) instead of stopping at the first.
+    #[arg(long)]
+    skip_malformed: bool,
+    /// Output folder (samples.jsonl, summary.json, summary.md), or the suite file of
+    /// --make-suite.
+    #[arg(long)]
+    out: PathBuf,
+    /// Backend to run on.
+    #[arg(long, default_value_t = BackendChoice::Ndarray)]
+    backend: BackendChoice,
+    #[command(flatten)]
+    sparse: SparseModeArgs,
+}
+
+/// How one evaluated plan routes.
+enum PlanSetup<B: AttentionBackend> {
+    Forced(RoutingPlan),
+    Full,
+    Routers(RouterSet<B>, AttentionMode),
+}
+
+impl<B: AttentionBackend> PlanSetup<B> {
+    fn routing(&self) -> Routing<'_, B> {
+        match self {
+            PlanSetup::Full => Routing::Full,
+            PlanSetup::Forced(plan) => Routing::Plan(plan),
+            PlanSetup::Routers(routers, sparse_mode) => Routing::Routers {
+                routers,
+                sparse_mode: *sparse_mode,
+            },
+        }
+    }
+}
+
+impl Args {
+    /// The plans to run, named, in command-line order (plans, then routers).
+    fn plans<B: AttentionBackend>(&self, model: &Model<B>) -> Result<Vec<(String, PlanSetup<B>)>> {
+        let layers = model.config().num_layers;
+        let mode = self.sparse.mode();
+        mode.validate()?;
+        let mut names: Vec<String> = self.plans.clone();
+        if names.is_empty() && self.routers.is_empty() {
+            names = vec!["all-full".into(), "all-sparse".into()];
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let forced: ForcedPlan = name.parse().with_context(|| format!("--plan {name}"))?;
+            let plan = RoutingPlan::forced(&forced, layers, mode, 1)?;
+            let setup = if plan.sparse_layers(0) == 0 {
+                PlanSetup::Full
+            } else {
+                PlanSetup::Forced(plan)
+            };
+            out.push((name, setup));
+        }
+        for path in &self.routers {
+            let meta = RouterSet::<B>::read_meta(path)?;
+            let sparse_mode = match self.sparse.sparse_mode {
+                Some(choice) => self.sparse.mode_of(choice),
+                None => meta.sparse_mode,
+            };
+            let expected = model.router_meta(sparse_mode, meta.pool_tokens);
+            let (routers, _) = RouterSet::load(path, &expected, model.device())?;
+            let name = format!(
+                "router:{}",
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            );
+            out.push((name, PlanSetup::Routers(routers, sparse_mode)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some((dup, _)) = out.iter().find(|(n, _)| !seen.insert(n.clone())) {
+            bail!("plan {dup} is given twice");
+        }
+        Ok(out)
+    }
+}
+
+/// The first `limit` tasks of each task name, in file order.
+fn first_of_each(tasks: Vec<EvalTask>, limit: Option<usize>) -> Vec<EvalTask> {
+    let Some(limit) = limit else {
+        return tasks;
+    };
+    let mut taken: HashMap<String, usize> = HashMap::new();
+    tasks
+        .into_iter()
+        .filter(|t| {
+            let n = taken.entry(t.task.clone()).or_default();
+            *n += 1;
+            *n <= limit
+        })
+        .collect()
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    flux_models::training::write_atomically(path, text.as_bytes())?;
+    Ok(())
+}
+
+impl BackendTask for Args {
+    type Output = ();
+    type Error = anyhow::Error;
+
+    fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
+        let malformed = if self.skip_malformed {
+            MalformedLines::Skip
+        } else {
+            MalformedLines::Reject
+        };
+        // The task file first: a bad file should not wait for the model to load.
+        let tasks_path = self.tasks.clone().context("--tasks is required")?;
+        let file = read_tasks(&tasks_path, malformed)?;
+        for (line, why) in &file.skipped {
+            eprintln!("eval: {}:{line}: skipped: {why}", tasks_path.display());
+        }
+        let tasks = first_of_each(file.tasks, self.samples);
+        std::fs::create_dir_all(&self.out).map_err(|e| ModelError::io(&self.out, e))?;
+        let loaded = load::<B>(&self.model, &device)?;
+        let plans = self.plans(&loaded.model)?;
+        let plan_names: Vec<String> = plans.iter().map(|(n, _)| n.clone()).collect();
+        eprintln!(
+            "eval: {} tasks x {} plans ({}) on {}",
+            tasks.len(),
+            plans.len(),
+            plan_names.join(", "),
+            self.model.display()
+        );
+
+        let samples_path = self.out.join("samples.jsonl");
+        let mut samples_file =
+            File::create(&samples_path).map_err(|e| ModelError::io(&samples_path, e))?;
+        let bar = ProgressBar::new((tasks.len() * plans.len()) as u64).with_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} eta {eta}")?
+                .progress_chars("=> "),
+        );
+        let mut results = Vec::new();
+        let mut skipped = Vec::new();
+        // Task by task, every plan in turn: a stopped run has compared the plans on the same
+        // samples so far.
+        for task in &tasks {
+            for (name, setup) in &plans {
+                bar.set_message(format!("{} / {name}", task.id));
+                match evaluate_task(
+                    &loaded.model,
+                    &loaded.tokenizer,
+                    task,
+                    name,
+                    setup.routing(),
+                ) {
+                    Ok(r) => {
+                        // Appended as it comes, so an interrupted run keeps what it measured.
+                        writeln!(samples_file, "{}", serde_json::to_string(&r)?)
+                            .and_then(|_| samples_file.flush())
+                            .map_err(|e| ModelError::io(&samples_path, e))?;
+                        results.push(r);
+                    }
+                    Err(ModelError::InvalidArgument { argument, message })
+                        if argument == "tasks" =>
+                    {
+                        bar.println(format!("eval: skipped: {message}"));
+                        skipped.push(message);
+                        bar.inc((plans.len() - 1) as u64);
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("task {}, plan {name}", task.id))
+                    }
+                }
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        if results.is_empty() {
+            bail!("no task could be run ({} skipped)", skipped.len());
+        }
+        let rows = summarize(&results);
+        let table = summary_markdown(&rows, &plan_names);
+        let summary = serde_json::json!({
+            "model": self.model.display().to_string(),
+            "tasks_file": tasks_path.display().to_string(),
+            "plans": plan_names,
+            "sparse_mode": self.sparse.mode().to_string(),
+            "backend": self.backend.to_string(),
+            "rows": rows,
+            "skipped": skipped,
+        });
+        write_file(
+            &self.out.join("summary.json"),
+            &serde_json::to_string_pretty(&summary)?,
+        )?;
+        write_file(&self.out.join("summary.md"), &table)?;
+        println!("{table}");
+        eprintln!(
+            "eval: wrote {}, summary.json and summary.md in {}",
+            samples_path.display(),
+            self.out.display()
+        );
+        Ok(())
+    }
+}
+
+/// `--make-suite`: the suite's tasks, sized with the model's tokenizer, written to `--out`.
+fn make_suite_file(args: &Args, name: &str) -> Result<()> {
+    let suite = Suite::from_name(name)?;
+    let haystack_path = match &args.haystack {
+        Some(p) => p.clone(),
+        None => PathBuf::from(std::env::var_os("FLUX_MODELS_DIR").map_or_else(
+            || {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/flux-models")
+            },
+            PathBuf::from,
+        ))
+        .join("texts/moby-dick.txt"),
+    };
+    let text = std::fs::read_to_string(&haystack_path).with_context(|| {
+        format!(
+            "{}: cannot read the haystack (scripts/fetch-models.sh fetches Moby-Dick; or pass --haystack)",
+            haystack_path.display()
+        )
+    })?;
+    let haystack = Haystack::new(&text).with_context(|| haystack_path.display().to_string())?;
+    let tokenizer = Tokenizer::load(&args.model)?;
+    let config = SuiteConfig {
+        lengths: args.lengths.clone(),
+        samples: args.samples.unwrap_or(20),
+        seed: args.seed,
+    };
+    if config.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let tasks = make_suite(suite, &haystack, &tokenizer, &config)?;
+    write_tasks(&args.out, &tasks)?;
+    let bytes = std::fs::read(&args.out).map_err(|e| ModelError::io(&args.out, e))?;
+    eprintln!(
+        "eval: wrote {} ({} tasks of {name}, lengths {:?}, seed {}), sha256 {:x}",
+        args.out.display(),
+        tasks.len(),
+        config.lengths,
+        config.seed,
+        Sha256::digest(&bytes)
+    );
+    Ok(())
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = match &args.make_suite {
+        Some(name) => make_suite_file(&args, name),
+        None => run_on(args.backend, args.clone()),
+    };
+    if let Err(e) = result {
+        eprintln!("eval: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,352 @@
+//! Built-in RULER-style suites over a real haystack (Moby-Dick, which router training never
+//! sees): needles (single, multi-key, multi-value) and variable tracking, in RULER's wording,
+//! sized in tokens of the model's own tokenizer through its chat template, deterministic for a
+//! seed.
+//!
+//! Needles sit at depths spread over the part of the haystack a sink + 2K window cannot see
+//! from the question (the first `budget - 2.5K` tokens, when the budget allows): with RULER's
+//! uniform depths a quarter to a half of the needles at 4K-8K would fall inside the window, and
+//! all-sparse would "find" them.
+
+use rand::{rngs::StdRng, seq::IndexedRandom, Rng, SeedableRng};
+
+use super::run::prompt_ids;
+use super::score::Scoring;
+use super::task::EvalTask;
+use crate::error::{ModelError, Result};
+use crate::tokenizer::Tokenizer;
+
+/// Tokens at the end of the haystack kept free of needles (sink + window and the question).
+const NEEDLE_FREE_TAIL: usize = 2560;
+
+/// A built-in suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    /// One needle, one question (a 7-digit number).
+    NiahSingle,
+    /// Four needles under four keys; one is asked.
+    NiahMultiKey,
+    /// Four values under one key; all are asked.
+    NiahMultiValue,
+    /// A chain of five variables assigned one value; all names are asked.
+    VariableTracking,
+}
+
+impl Suite {
+    /// Every suite.
+    pub const ALL: [Suite; 4] = [
+        Suite::NiahSingle,
+        Suite::NiahMultiKey,
+        Suite::NiahMultiValue,
+        Suite::VariableTracking,
+    ];
+
+    /// The task name written in the files (`niah_single`, `niah_mk`, `niah_mv`, `vt`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::NiahSingle => "niah_single",
+            Suite::NiahMultiKey => "niah_mk",
+            Suite::NiahMultiValue => "niah_mv",
+            Suite::VariableTracking => "vt",
+        }
+    }
+
+    /// The suite called `name`.
+    pub fn from_name(name: &str) -> Result<Suite> {
+        Suite::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| ModelError::InvalidArgument {
+                argument: "suite".into(),
+                message: format!(
+                    "unknown suite `{name}` (known: {})",
+                    Suite::ALL.map(|s| s.name()).join(", ")
+                ),
+            })
+    }
+
+    fn max_new_tokens(self) -> usize {
+        match self {
+            Suite::NiahSingle | Suite::NiahMultiKey => 32,
+            Suite::NiahMultiValue | Suite::VariableTracking => 64,
+        }
+    }
+}
+
+/// How many samples of which lengths, from which seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuiteConfig {
+    /// Prompt lengths in tokens (chat template and question included, generation excluded).
+    pub lengths: Vec<usize>,
+    /// Samples per length.
+    pub samples: usize,
+    /// Seed of keys, values, haystack offsets.
+    pub seed: u64,
+}
+
+/// The haystack as sentences.
+pub struct Haystack {
+    sentences: Vec<String>,
+}
+
+impl Haystack {
+    /// Splits `text` into sentences (on `.`, `!`, `?` followed by white space), with white space
+    /// runs folded; needs at least 100 sentences.
+    pub fn new(text: &str) -> Result<Self> {
+        let folded: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut sentences = Vec::new();
+        let mut start = 0;
+        let bytes = folded.as_bytes();
+        for i in 0..bytes.len() {
+            let end = matches!(bytes[i], b'.' | b'!' | b'?') && bytes.get(i + 1) == Some(&b' ');
+            if end {
+                sentences.push(folded[start..=i].to_string());
+                start = i + 2;
+            }
+        }
+        if sentences.len() < 100 {
+            return Err(ModelError::InvalidArgument {
+                argument: "haystack".into(),
+                message: format!(
+                    "{} sentences: a haystack needs at least 100",
+                    sentences.len()
+                ),
+            });
+        }
+        Ok(Self { sentences })
+    }
+}
+
+const ADJECTIVES: [&str; 40] = [
+    "amber", "ancient", "bitter", "brave", "bright", "calm", "clever", "cobalt", "crimson",
+    "curious", "dusty", "eager", "faint", "fierce", "frozen", "gentle", "golden", "hollow",
+    "humble", "icy", "jolly", "lively", "lucky", "marble", "mellow", "misty", "noble", "quiet",
+    "rapid", "rusty", "scarlet", "silent", "silver", "sleepy", "smooth", "steady", "sturdy",
+    "tender", "velvet", "witty",
+];
+const NOUNS: [&str; 40] = [
+    "anchor", "apple", "badger", "beacon", "bridge", "candle", "canyon", "castle", "cedar",
+    "comet", "crystal", "dragon", "falcon", "feather", "forest", "garden", "glacier", "harbor",
+    "island", "kettle", "lantern", "meadow", "mirror", "orchard", "otter", "pepper", "pillow",
+    "quartz", "raven", "river", "saddle", "signal", "spindle", "summit", "thistle", "tiger",
+    "tunnel", "valley", "violin", "walnut",
+];
+
+fn key(rng: &mut StdRng) -> String {
+    format!(
+        "{}-{}",
+        ADJECTIVES.choose(rng).expect("non-empty"),
+        NOUNS.choose(rng).expect("non-empty")
+    )
+}
+
+fn number(rng: &mut StdRng) -> String {
+    rng.random_range(1_000_000..10_000_000u32).to_string()
+}
+
+fn variable(rng: &mut StdRng) -> String {
+    (0..5)
+        .map(|_| char::from(b'A' + rng.random_range(0..26u8)))
+        .collect()
+}
+
+/// What a sample hides and asks.
+struct Needles {
+    intro: &'static str,
+    /// Inserted in this order at increasing depths.
+    statements: Vec<String>,
+    question: String,
+    answers: Vec<String>,
+}
+
+fn needles(suite: Suite, rng: &mut StdRng) -> Needles {
+    const NIAH_INTRO: &str = "Some special magic numbers are hidden within the following text. Make sure to memorize it. I will quiz you about the numbers afterwards.";
+    let needle = |k: &str, v: &str| format!("One of the special magic numbers for {k} is: {v}.");
+    match suite {
+        Suite::NiahSingle => {
+            let (k, v) = (key(rng), number(rng));
+            Needles {
+                intro: NIAH_INTRO,
+                statements: vec![needle(&k, &v)],
+                question: format!(
+                    "What is the special magic number for {k} mentioned in the provided text?"
+                ),
+                answers: vec![v],
+            }
+        }
+        Suite::NiahMultiKey => {
+            let mut keys: Vec<String> = Vec::new();
+            while keys.len() < 4 {
+                let k = key(rng);
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            let values: Vec<String> = (0..4).map(|_| number(rng)).collect();
+            let asked = rng.random_range(0..4);
+            Needles {
+                intro: NIAH_INTRO,
+                statements: keys
+                    .iter()
+                    .zip(&values)
+                    .map(|(k, v)| needle(k, v))
+                    .collect(),
+                question: format!(
+                    "What is the special magic number for {} mentioned in the provided text?",
+                    keys[asked]
+                ),
+                answers: vec![values[asked].clone()],
+            }
+        }
+        Suite::NiahMultiValue => {
+            let k = key(rng);
+            let values: Vec<String> = (0..4).map(|_| number(rng)).collect();
+            Needles {
+                intro: NIAH_INTRO,
+                statements: values.iter().map(|v| needle(&k, v)).collect(),
+                question: format!(
+                    "What are all the special magic numbers for {k} mentioned in the provided text?"
+                ),
+                answers: values,
+            }
+        }
+        Suite::VariableTracking => {
+            let mut names: Vec<String> = Vec::new();
+            while names.len() < 5 {
+                let n = variable(rng);
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+            let value = rng.random_range(10_000..100_000u32).to_string();
+            let mut statements = vec![format!("VAR {} = {value}.", names[0])];
+            for w in names.windows(2) {
+                statements.push(format!("VAR {} = VAR {}.", w[1], w[0]));
+            }
+            Needles {
+                intro: "Memorize and track the chain(s) of variable assignment hidden in the following text.",
+                statements,
+                question: format!(
+                    "Find all variables that are assigned the value {value} in the text above."
+                ),
+                answers: names,
+            }
+        }
+    }
+}
+
+/// The tasks of `suite` over `haystack`, sized with `tokenizer` (through its chat template):
+/// for each length, `config.samples` samples whose prompt fits the length.
+pub fn make_suite(
+    suite: Suite,
+    haystack: &Haystack,
+    tokenizer: &Tokenizer,
+    config: &SuiteConfig,
+) -> Result<Vec<EvalTask>> {
+    let mut tasks = Vec::new();
+    for &length in &config.lengths {
+        if length < 512 {
+            return Err(ModelError::InvalidArgument {
+                argument: "lengths".into(),
+                message: format!("{length} tokens: suites need at least 512"),
+            });
+        }
+        for i in 0..config.samples {
+            let seed = config
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(((length as u64) << 20) ^ (i as u64) ^ ((suite as u64) << 56));
+            let mut rng = StdRng::seed_from_u64(seed);
+            // Depths spread evenly over the samples of a length, each needle of a sample
+            // deeper than the previous.
+            let depth = (i as f64 + 0.5) / config.samples as f64;
+            tasks.push(sample(
+                suite, haystack, tokenizer, length, i, depth, &mut rng,
+            )?);
+        }
+    }
+    Ok(tasks)
+}
+
+fn sample(
+    suite: Suite,
+    haystack: &Haystack,
+    tokenizer: &Tokenizer,
+    length: usize,
+    index: usize,
+    depth: f64,
+    rng: &mut StdRng,
+) -> Result<EvalTask> {
+    let n = needles(suite, rng);
+    let start = rng.random_range(0..haystack.sentences.len());
+    let mut task = EvalTask {
+        id: format!("{}-{length}-{index}", suite.name()),
+        task: suite.name().into(),
+        context: String::new(),
+        question: n.question.clone(),
+        answers: n.answers.clone(),
+        max_new_tokens: suite.max_new_tokens(),
+        chat: true,
+        scoring: Scoring::MatchAll,
+    };
+    // The prompt without haystack: its overhead in tokens.
+    task.context = format!("{}\n{}", n.intro, n.statements.join(" "));
+    let overhead = prompt_ids(tokenizer, &task)?.len();
+    if overhead + 64 > length {
+        return Err(ModelError::InvalidArgument {
+            argument: "lengths".into(),
+            message: format!("{length} tokens cannot hold a {} sample", suite.name()),
+        });
+    }
+    // Haystack sentences from `start` (wrapping) until the budget is met.
+    let budget = length - overhead;
+    let mut chosen: Vec<&str> = Vec::new();
+    // Tokens of each chosen sentence (with its separating space).
+    let mut counts: Vec<usize> = Vec::new();
+    let mut k = start;
+    while counts.iter().sum::<usize>() < budget {
+        let s = &haystack.sentences[k % haystack.sentences.len()];
+        counts.push(tokenizer.encode(s, false)?.len() + 1);
+        chosen.push(s);
+        k += 1;
+    }
+    // Needles at increasing depths within the part a sink + window cannot see from the end.
+    let reachable = if budget > NEEDLE_FREE_TAIL + 256 {
+        (budget - NEEDLE_FREE_TAIL) as f64 / budget as f64
+    } else {
+        1.0
+    };
+    let count = n.statements.len();
+    loop {
+        let total: usize = counts.iter().sum();
+        // Statement j goes before the first sentence that starts at or after its depth (in
+        // tokens): depth * (j + 1) / count of the reachable part.
+        let mut starts = Vec::with_capacity(counts.len());
+        let mut at_token = 0;
+        for c in &counts {
+            starts.push(at_token);
+            at_token += c;
+        }
+        let mut parts: Vec<String> = chosen.iter().map(|s| s.to_string()).collect();
+        for (j, statement) in n.statements.iter().enumerate().rev() {
+            let target = depth * reachable * (j + 1) as f64 / count as f64 * total as f64;
+            let at = starts
+                .iter()
+                .position(|&t| t as f64 >= target)
+                .unwrap_or(parts.len());
+            parts.insert(at, statement.clone());
+        }
+        task.context = format!("{}\n{}", n.intro, parts.join(" "));
+        let prompt = prompt_ids(tokenizer, &task)?.len();
+        if prompt <= length || chosen.len() <= 1 {
+            return Ok(task);
+        }
+        // Over (sentences merge differently once joined): drop sentences from the end until
+        // about that many tokens are gone.
+        let mut over = prompt - length;
+        while over > 0 && chosen.len() > 1 {
+            over = over.saturating_sub(counts.pop().unwrap_or(0));
+            chosen.pop();
+        }
+    }
+}
