@@ -15,7 +15,7 @@ use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::eval::{
     evaluate_task, make_suite, read_tasks, summarize, summary_markdown, write_tasks, EvalTask,
-    Haystack, MalformedLines, Suite, SuiteConfig,
+    Haystack, MalformedLines, SampleResult, Suite, SuiteConfig,
 };
 use flux_models::{load, Model, ModelError, Routing, Tokenizer};
 use flux_router::{ForcedPlan, RouterSet, RoutingPlan};
@@ -55,6 +55,10 @@ struct Args {
     /// --make-suite, the samples per length (default 20).
     #[arg(long)]
     samples: Option<usize>,
+    /// After the plans and routers, run static plans with as many sparse layers as each router
+    /// chose on average: the first K, the last K, and K spread evenly (fraction).
+    #[arg(long)]
+    baselines: bool,
     /// Leave out malformed task lines (listed on stderr) instead of stopping at the first.
     #[arg(long)]
     skip_malformed: bool,
@@ -155,6 +159,52 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where results go as they come: `samples.jsonl` (appended and flushed, so an interrupted run
+/// keeps what it measured) and memory.
+struct SampleLog {
+    file: File,
+    path: PathBuf,
+    results: Vec<SampleResult>,
+    skipped: Vec<String>,
+}
+
+/// Every task under every plan, task by task (a stopped run has compared the plans on the same
+/// samples so far). A prompt too long for the model is skipped and listed.
+fn run_plans<B: AttentionBackend>(
+    model: &Model<B>,
+    tokenizer: &Tokenizer,
+    tasks: &[EvalTask],
+    plans: &[(String, PlanSetup<B>)],
+    bar: &ProgressBar,
+    log: &mut SampleLog,
+) -> Result<()> {
+    for task in tasks {
+        for (name, setup) in plans {
+            bar.set_message(format!("{} / {name}", task.id));
+            match evaluate_task(model, tokenizer, task, name, setup.routing()) {
+                Ok(r) => {
+                    writeln!(log.file, "{}", serde_json::to_string(&r)?)
+                        .and_then(|_| log.file.flush())
+                        .map_err(|e| ModelError::io(&log.path, e))?;
+                    log.results.push(r);
+                }
+                Err(ModelError::InvalidArgument { argument, message }) if argument == "tasks" => {
+                    // The same for every plan: count them all as done.
+                    bar.println(format!("eval: skipped: {message}"));
+                    if !log.skipped.contains(&message) {
+                        log.skipped.push(message);
+                    }
+                    bar.inc((plans.len() - 1) as u64);
+                    break;
+                }
+                Err(e) => return Err(e).with_context(|| format!("task {}, plan {name}", task.id)),
+            }
+            bar.inc(1);
+        }
+    }
+    Ok(())
+}
+
 impl BackendTask for Args {
     type Output = ();
     type Error = anyhow::Error;
@@ -185,48 +235,79 @@ impl BackendTask for Args {
         );
 
         let samples_path = self.out.join("samples.jsonl");
-        let mut samples_file =
-            File::create(&samples_path).map_err(|e| ModelError::io(&samples_path, e))?;
+        let mut log = SampleLog {
+            file: File::create(&samples_path).map_err(|e| ModelError::io(&samples_path, e))?,
+            path: samples_path.clone(),
+            results: Vec::new(),
+            skipped: Vec::new(),
+        };
         let bar = ProgressBar::new((tasks.len() * plans.len()) as u64).with_style(
             ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} eta {eta}")?
                 .progress_chars("=> "),
         );
-        let mut results = Vec::new();
-        let mut skipped = Vec::new();
-        // Task by task, every plan in turn: a stopped run has compared the plans on the same
-        // samples so far.
-        for task in &tasks {
+        run_plans(
+            &loaded.model,
+            &loaded.tokenizer,
+            &tasks,
+            &plans,
+            &bar,
+            &mut log,
+        )?;
+        // Static plans with as many sparse layers as each router chose on average.
+        let mut plan_names = plan_names;
+        let mut baselines = serde_json::Map::new();
+        if self.baselines {
+            let layers = loaded.model.config().num_layers;
+            let mut extra = Vec::new();
             for (name, setup) in &plans {
-                bar.set_message(format!("{} / {name}", task.id));
-                match evaluate_task(
-                    &loaded.model,
-                    &loaded.tokenizer,
-                    task,
-                    name,
-                    setup.routing(),
-                ) {
-                    Ok(r) => {
-                        // Appended as it comes, so an interrupted run keeps what it measured.
-                        writeln!(samples_file, "{}", serde_json::to_string(&r)?)
-                            .and_then(|_| samples_file.flush())
-                            .map_err(|e| ModelError::io(&samples_path, e))?;
-                        results.push(r);
-                    }
-                    Err(ModelError::InvalidArgument { argument, message })
-                        if argument == "tasks" =>
-                    {
-                        bar.println(format!("eval: skipped: {message}"));
-                        skipped.push(message);
-                        bar.inc((plans.len() - 1) as u64);
-                        break;
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("task {}, plan {name}", task.id))
+                // The baselines use the router's own sparse mode.
+                let PlanSetup::Routers(_, mode) = setup else {
+                    continue;
+                };
+                let mine: Vec<f64> = log
+                    .results
+                    .iter()
+                    .filter(|r| &r.plan == name)
+                    .map(|r| r.sparsity)
+                    .collect();
+                let k = (mine.iter().sum::<f64>() / mine.len().max(1) as f64 * layers as f64)
+                    .round() as usize;
+                let mut names = Vec::new();
+                if k > 0 {
+                    for plan in [
+                        format!("first:{k}"),
+                        format!("last:{k}"),
+                        format!("fraction:{}", k as f64 / layers as f64),
+                    ] {
+                        if !plan_names.contains(&plan) && !extra.iter().any(|(n, _)| n == &plan) {
+                            let forced: ForcedPlan = plan.parse()?;
+                            let routing = RoutingPlan::forced(&forced, layers, *mode, 1)?;
+                            extra.push((plan.clone(), PlanSetup::Forced(routing)));
+                        }
+                        names.push(plan);
                     }
                 }
-                bar.inc(1);
+                baselines.insert(
+                    name.clone(),
+                    serde_json::json!({"sparse_layers": k, "plans": names}),
+                );
+            }
+            if !extra.is_empty() {
+                bar.inc_length((tasks.len() * extra.len()) as u64);
+                run_plans(
+                    &loaded.model,
+                    &loaded.tokenizer,
+                    &tasks,
+                    &extra,
+                    &bar,
+                    &mut log,
+                )?;
+                plan_names.extend(extra.iter().map(|(n, _)| n.clone()));
             }
         }
+        let SampleLog {
+            results, skipped, ..
+        } = log;
         bar.finish_and_clear();
         if results.is_empty() {
             bail!("no task could be run ({} skipped)", skipped.len());
@@ -241,6 +322,7 @@ impl BackendTask for Args {
             "backend": self.backend.to_string(),
             "rows": rows,
             "skipped": skipped,
+            "baselines": baselines,
         });
         write_file(
             &self.out.join("summary.json"),

@@ -1,0 +1,134 @@
+//! The `eval` program end to end on the real SmolLM2 (ndarray): a built-in suite is written
+//! deterministically, then one of its tasks runs under two plans and the outputs appear.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("FLUX_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/flux-models")
+        })
+}
+
+fn eval(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_eval"))
+        .args(args)
+        .output()
+        .expect("eval runs")
+}
+
+#[test]
+fn eval_writes_a_suite_then_results_and_tables() {
+    let model = models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        model.display()
+    );
+    let model = model.to_str().unwrap();
+    let dir = std::env::temp_dir().join(format!("flux-eval-program-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let suite = dir.join("vt.jsonl");
+    let suite_s = suite.to_str().unwrap();
+    let make = |out: &str| {
+        eval(&[
+            "--make-suite",
+            "vt",
+            "--model",
+            model,
+            "--lengths",
+            "700",
+            "--samples",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            out,
+        ])
+    };
+    let out = make(suite_s);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = dir.join("again.jsonl");
+    assert!(make(again.to_str().unwrap()).status.success());
+    assert_eq!(
+        std::fs::read(&suite).unwrap(),
+        std::fs::read(&again).unwrap(),
+        "the same seed writes the same bytes"
+    );
+
+    let results = dir.join("out");
+    let out = eval(&[
+        "--model",
+        model,
+        "--tasks",
+        suite_s,
+        "--samples",
+        "1",
+        "--plan",
+        "all-full",
+        "--plan",
+        "all-sparse",
+        "--sink",
+        "4",
+        "--window",
+        "32",
+        "--out",
+        results.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples = std::fs::read_to_string(results.join("samples.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = samples
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "one task under two plans");
+    assert_eq!(lines[0]["plan"], "all-full");
+    assert_eq!(lines[1]["layers"], "S".repeat(30));
+    for l in &lines {
+        let score = l["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+    }
+    let table = std::fs::read_to_string(results.join("summary.md")).unwrap();
+    assert!(
+        table.starts_with("| task | length | n | all-full | all-sparse |"),
+        "{table}"
+    );
+    assert!(table.contains("| vt | 1024 | 1 |"), "{table}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["rows"].as_array().unwrap().len(), 2);
+
+    // A malformed line is named by its number; the run stops with exit code 1.
+    let bad = dir.join("bad.jsonl");
+    let first = std::fs::read_to_string(&suite)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&bad, format!("{first}\n{{not json\n")).unwrap();
+    let out = eval(&[
+        "--model",
+        model,
+        "--tasks",
+        bad.to_str().unwrap(),
+        "--out",
+        results.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.jsonl:2:"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
