@@ -130,5 +130,36 @@ fn eval_writes_a_suite_then_results_and_tables() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.jsonl:2:"), "{err}");
+
+    // A prompt beyond the model's context is skipped and listed; the rest still runs.
+    let mut long: serde_json::Value = serde_json::from_str(&first).unwrap();
+    long["id"] = "too-long".into();
+    long["context"] = "word ".repeat(9000).into();
+    let with_long = dir.join("long.jsonl");
+    std::fs::write(&with_long, format!("{first}\n{long}\n")).unwrap();
+    let results = dir.join("out-long");
+    let out = eval(&[
+        "--model",
+        model,
+        "--tasks",
+        with_long.to_str().unwrap(),
+        "--plan",
+        "all-full",
+        "--out",
+        results.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap())
+            .unwrap();
+    let skipped = summary["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].as_str().unwrap().contains("too-long"));
+    let samples = std::fs::read_to_string(results.join("samples.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,8 +14,8 @@ use flux_attention::{AttentionBackend, AttentionMode};
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::eval::{
-    evaluate_task, make_suite, read_tasks, summarize, summary_markdown, write_tasks, EvalTask,
-    Haystack, MalformedLines, SampleResult, Suite, SuiteConfig,
+    evaluate_task, make_suite, prompt_ids, read_tasks, summarize, summary_markdown, write_tasks,
+    EvalTask, Haystack, MalformedLines, SampleResult, Suite, SuiteConfig,
 };
 use flux_models::{load, Model, ModelError, Routing, Tokenizer};
 use flux_router::{ForcedPlan, RouterSet, RoutingPlan};
@@ -178,27 +178,29 @@ fn run_plans<B: AttentionBackend>(
     bar: &ProgressBar,
     log: &mut SampleLog,
 ) -> Result<()> {
+    let context = model.config().max_position_embeddings;
     for task in tasks {
+        let prompt = prompt_ids(tokenizer, task)?.len();
+        if prompt + task.max_new_tokens > context {
+            let message = format!(
+                "task {}: {prompt} prompt tokens + {} to generate exceed the model's context of {context}",
+                task.id, task.max_new_tokens
+            );
+            bar.println(format!("eval: skipped: {message}"));
+            if !log.skipped.contains(&message) {
+                log.skipped.push(message);
+            }
+            bar.inc(plans.len() as u64);
+            continue;
+        }
         for (name, setup) in plans {
             bar.set_message(format!("{} / {name}", task.id));
-            match evaluate_task(model, tokenizer, task, name, setup.routing()) {
-                Ok(r) => {
-                    writeln!(log.file, "{}", serde_json::to_string(&r)?)
-                        .and_then(|_| log.file.flush())
-                        .map_err(|e| ModelError::io(&log.path, e))?;
-                    log.results.push(r);
-                }
-                Err(ModelError::InvalidArgument { argument, message }) if argument == "tasks" => {
-                    // The same for every plan: count them all as done.
-                    bar.println(format!("eval: skipped: {message}"));
-                    if !log.skipped.contains(&message) {
-                        log.skipped.push(message);
-                    }
-                    bar.inc((plans.len() - 1) as u64);
-                    break;
-                }
-                Err(e) => return Err(e).with_context(|| format!("task {}, plan {name}", task.id)),
-            }
+            let r = evaluate_task(model, tokenizer, task, name, setup.routing())
+                .with_context(|| format!("task {}, plan {name}", task.id))?;
+            writeln!(log.file, "{}", serde_json::to_string(&r)?)
+                .and_then(|_| log.file.flush())
+                .map_err(|e| ModelError::io(&log.path, e))?;
+            log.results.push(r);
             bar.inc(1);
         }
     }
@@ -220,6 +222,9 @@ impl BackendTask for Args {
         let file = read_tasks(&tasks_path, malformed)?;
         for (line, why) in &file.skipped {
             eprintln!("eval: {}:{line}: skipped: {why}", tasks_path.display());
+        }
+        if self.samples == Some(0) {
+            bail!("--samples must be at least 1");
         }
         let tasks = first_of_each(file.tasks, self.samples);
         std::fs::create_dir_all(&self.out).map_err(|e| ModelError::io(&self.out, e))?;
