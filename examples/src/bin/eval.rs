@@ -31,7 +31,7 @@ struct Args {
     /// Task file (JSON lines).
     #[arg(long, required_unless_present = "make_suite")]
     tasks: Option<PathBuf>,
-    /// Write a built-in suite (niah_single, niah_mk, niah_mv, vt) to --out (a .jsonl file), sized
+    /// Write a built-in suite (niah_single, niah_mk, niah_mv, vt, cwe) to --out (a .jsonl file), sized
     /// with --model's tokenizer, instead of evaluating.
     #[arg(long)]
     make_suite: Option<String>,

@@ -1,5 +1,6 @@
 //! Built-in RULER-style suites over a real haystack (Moby-Dick, which router training never
-//! sees): needles (single, multi-key, multi-value) and variable tracking, in RULER's wording,
+//! sees): needles (single, multi-key, multi-value), variable tracking and common-words
+//! extraction (its words drawn from the haystack's vocabulary), in RULER's wording,
 //! sized in tokens of the model's own tokenizer through its chat template, deterministic for a
 //! seed.
 //!
@@ -8,7 +9,7 @@
 //! uniform depths a quarter to a half of the needles at 4K-8K would fall inside the window, and
 //! all-sparse would "find" them.
 
-use rand::{rngs::StdRng, seq::IndexedRandom, Rng, SeedableRng};
+use rand::{rngs::StdRng, seq::IndexedRandom, seq::SliceRandom, Rng, SeedableRng};
 
 use super::run::prompt_ids;
 use super::score::Scoring;
@@ -30,15 +31,18 @@ pub enum Suite {
     NiahMultiValue,
     /// A chain of five variables assigned one value; all names are asked.
     VariableTracking,
+    /// A numbered list of words: the ten that appear most often are asked (aggregation).
+    CommonWords,
 }
 
 impl Suite {
     /// Every suite.
-    pub const ALL: [Suite; 4] = [
+    pub const ALL: [Suite; 5] = [
         Suite::NiahSingle,
         Suite::NiahMultiKey,
         Suite::NiahMultiValue,
         Suite::VariableTracking,
+        Suite::CommonWords,
     ];
 
     /// The task name written in the files (`niah_single`, `niah_mk`, `niah_mv`, `vt`).
@@ -48,6 +52,7 @@ impl Suite {
             Suite::NiahMultiKey => "niah_mk",
             Suite::NiahMultiValue => "niah_mv",
             Suite::VariableTracking => "vt",
+            Suite::CommonWords => "cwe",
         }
     }
 
@@ -69,6 +74,7 @@ impl Suite {
         match self {
             Suite::NiahSingle | Suite::NiahMultiKey => 32,
             Suite::NiahMultiValue | Suite::VariableTracking => 64,
+            Suite::CommonWords => 120,
         }
     }
 }
@@ -84,9 +90,11 @@ pub struct SuiteConfig {
     pub seed: u64,
 }
 
-/// The haystack as sentences.
+/// The haystack as sentences, and its distinct words (for word lists).
 pub struct Haystack {
     sentences: Vec<String>,
+    /// Lowercase alphabetic words of 4-10 letters, in order of first appearance.
+    words: Vec<String>,
 }
 
 impl Haystack {
@@ -113,7 +121,14 @@ impl Haystack {
                 ),
             });
         }
-        Ok(Self { sentences })
+        let mut seen = std::collections::HashSet::new();
+        let words = folded
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .filter(|w| (4..=10).contains(&w.len()))
+            .map(str::to_ascii_lowercase)
+            .filter(|w| seen.insert(w.clone()))
+            .collect();
+        Ok(Self { sentences, words })
     }
 }
 
@@ -159,10 +174,12 @@ struct Needles {
     answers: Vec<String>,
 }
 
-fn needles(suite: Suite, rng: &mut StdRng) -> Needles {
+/// What a needle suite hides and asks (`None` for a suite without needles).
+fn needles(suite: Suite, rng: &mut StdRng) -> Option<Needles> {
     const NIAH_INTRO: &str = "Some special magic numbers are hidden within the following text. Make sure to memorize it. I will quiz you about the numbers afterwards.";
     let needle = |k: &str, v: &str| format!("One of the special magic numbers for {k} is: {v}.");
-    match suite {
+    Some(match suite {
+        Suite::CommonWords => return None,
         Suite::NiahSingle => {
             let (k, v) = (key(rng), number(rng));
             Needles {
@@ -232,7 +249,7 @@ fn needles(suite: Suite, rng: &mut StdRng) -> Needles {
                 answers: names,
             }
         }
-    }
+    })
 }
 
 /// The tasks of `suite` over `haystack`, sized with `tokenizer` (through its chat template):
@@ -260,6 +277,10 @@ pub fn make_suite(
             // Depths spread evenly over the samples of a length, each needle of a sample
             // deeper than the previous.
             let depth = (i as f64 + 0.5) / config.samples as f64;
+            if suite == Suite::CommonWords {
+                tasks.push(common_words(haystack, tokenizer, length, i, &mut rng)?);
+                continue;
+            }
             tasks.push(sample(
                 suite, haystack, tokenizer, length, i, depth, &mut rng,
             )?);
@@ -277,7 +298,10 @@ fn sample(
     depth: f64,
     rng: &mut StdRng,
 ) -> Result<EvalTask> {
-    let n = needles(suite, rng);
+    let n = needles(suite, rng).ok_or_else(|| ModelError::InvalidArgument {
+        argument: "suite".into(),
+        message: format!("{} has no needles", suite.name()),
+    })?;
     let start = rng.random_range(0..haystack.sentences.len());
     let mut task = EvalTask {
         id: format!("{}-{length}-{index}", suite.name()),
@@ -349,4 +373,91 @@ fn sample(
             chosen.pop();
         }
     }
+}
+
+/// RULER's common-words extraction: ten words repeated often and many words repeated three
+/// times, shuffled into a numbered list that fills the length; the ten are asked.
+fn common_words(
+    haystack: &Haystack,
+    tokenizer: &Tokenizer,
+    length: usize,
+    index: usize,
+    rng: &mut StdRng,
+) -> Result<EvalTask> {
+    // Distinct words, none inside another (an answer must not be found inside another word).
+    let mut pool: Vec<&String> = haystack.words.iter().collect();
+    pool.shuffle(rng);
+    let mut chosen: Vec<&str> = Vec::new();
+    for w in pool {
+        if !chosen
+            .iter()
+            .any(|c| c.contains(w.as_str()) || w.contains(c))
+        {
+            chosen.push(w);
+        }
+        if chosen.len() >= length / 4 + 10 {
+            break;
+        }
+    }
+    if chosen.len() < 20 {
+        return Err(ModelError::InvalidArgument {
+            argument: "haystack".into(),
+            message: format!(
+                "{} usable words: the cwe suite needs at least 20",
+                chosen.len()
+            ),
+        });
+    }
+    let (common, rest) = chosen.split_at(10);
+    // RULER repeats the common words 30 times and the others 3 times; shorter lists repeat less.
+    let repeats = (length / 140).clamp(4, 30);
+    let mut task = EvalTask {
+        id: format!("cwe-{length}-{index}"),
+        task: "cwe".into(),
+        context: String::new(),
+        question: "Question: What are the 10 most common words in the above list?".into(),
+        answers: common.iter().map(|w| w.to_string()).collect(),
+        max_new_tokens: Suite::CommonWords.max_new_tokens(),
+        chat: true,
+        scoring: Scoring::MatchAll,
+    };
+    let shuffle_seed: u64 = rng.random();
+    let mut build = |others: usize| -> Result<usize> {
+        let mut entries: Vec<&str> = Vec::new();
+        for w in common {
+            entries.extend(std::iter::repeat_n(*w, repeats));
+        }
+        for w in &rest[..others] {
+            entries.extend(std::iter::repeat_n(*w, 3));
+        }
+        entries.shuffle(&mut StdRng::seed_from_u64(shuffle_seed));
+        let list: Vec<String> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("{}. {w}", i + 1))
+            .collect();
+        task.context = format!(
+            "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that appear most often.\n{}",
+            list.join("\n")
+        );
+        Ok(prompt_ids(tokenizer, &task)?.len())
+    };
+    // The most other words that fit (prompt length grows with their number).
+    let (mut lo, mut hi) = (0, rest.len());
+    if build(0)? > length {
+        return Err(ModelError::InvalidArgument {
+            argument: "lengths".into(),
+            message: format!("{length} tokens cannot hold a cwe sample"),
+        });
+    }
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if build(mid)? <= length {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    build(lo)?;
+    Ok(task)
 }
