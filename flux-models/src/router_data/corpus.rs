@@ -5,7 +5,9 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::draft::{Attempt, Fail, Gen};
+use flux_router::TaskCategory;
+
+use super::draft::{Attempt, Draft, Fail, Gen};
 use super::sources::{Sources, Split};
 use super::text::{paragraphs, split_sentences, word_list};
 use crate::error::Result;
@@ -209,6 +211,29 @@ impl Gen<'_> {
             self.depth_limit(tokens(&hay) + inserted, q_tok, a_tok, inserted, 0.8);
         self.insert_items(&mut hay, items, limit)?;
         Ok((join(&hay), enforce_far))
+    }
+
+    /// A retrieval sample: `items` scattered in a haystack ([`Self::scatter_in_haystack`]),
+    /// then the question; `far_texts` are the items the far rule measures.
+    #[allow(clippy::too_many_arguments)]
+    pub fn haystack_draft(
+        &mut self,
+        family: &'static str,
+        category: TaskCategory,
+        items: Vec<Piece>,
+        question: &str,
+        answer: String,
+        far_texts: Vec<String>,
+    ) -> Attempt<Draft> {
+        let (context, enforce_far) = self.scatter_in_haystack(items, question, &answer)?;
+        Ok(Draft {
+            family,
+            category,
+            content: self.content(&context, question),
+            answer,
+            far_texts,
+            enforce_far,
+        })
     }
 
     /// Inserts `items` (in this order) as sentences at distinct random sentence boundaries

@@ -34,13 +34,12 @@ pub(crate) fn niah(g: &mut Gen) -> Attempt<Draft> {
         .map(|t| item(g, t))
         .collect::<Attempt<Vec<_>>>()?;
     g.shuffle(&mut items);
-    let (context, enforce_far) = g.scatter_in_haystack(items, &question, &answer)?;
-    Ok(Draft {
-        family: "niah",
-        category: TaskCategory::SingleDocQa,
-        content: g.content(&context, &question),
+    g.haystack_draft(
+        "niah",
+        TaskCategory::SingleDocQa,
+        items,
+        &question,
         answer,
-        far_texts: needles,
-        enforce_far,
-    })
+        needles,
+    )
 }

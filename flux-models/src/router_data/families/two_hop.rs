@@ -38,13 +38,12 @@ pub(crate) fn two_hop(g: &mut Gen) -> Attempt<Draft> {
         .map(|t| item(g, t))
         .collect::<Attempt<Vec<_>>>()?;
     g.shuffle(&mut items);
-    let (context, enforce_far) = g.scatter_in_haystack(items, &question, &answer)?;
-    Ok(Draft {
-        family: "two_hop",
-        category: TaskCategory::MultiHopQa,
-        content: g.content(&context, &question),
+    g.haystack_draft(
+        "two_hop",
+        TaskCategory::MultiHopQa,
+        items,
+        &question,
         answer,
-        far_texts: asked,
-        enforce_far,
-    })
+        asked,
+    )
 }

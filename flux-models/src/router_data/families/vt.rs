@@ -68,13 +68,12 @@ pub(crate) fn vt(g: &mut Gen) -> Attempt<Draft> {
         .pick(&QUESTIONS)
         .replace("{value}", &values[0].to_string());
     let answer = names.join(", ");
-    let (context, enforce_far) = g.scatter_in_haystack(items, &question, &answer)?;
-    Ok(Draft {
-        family: "vt",
-        category: TaskCategory::MultiHopQa,
-        content: g.content(&context, &question),
+    g.haystack_draft(
+        "vt",
+        TaskCategory::MultiHopQa,
+        items,
+        &question,
         answer,
-        far_texts: lines,
-        enforce_far,
-    })
+        lines,
+    )
 }
