@@ -2,14 +2,25 @@
 //! or answers `false` to [`AttentionBackend::has_fused_attention`], and the reference runs.
 //!
 //! Implemented for burn-cubecl's `CubeBackend` (CUDA and wgpu: one impl), for `Fusion` over it
-//! (a custom operation in the fusion stream), for `Autodiff` (reference until the kernels have a
-//! backward) and for ndarray (reference).
+//! (a custom operation in the fusion stream), for `Autodiff` (the inner backend's kernels for
+//! calls outside the graph, the reference inside it until the kernels have a backward) and for
+//! ndarray (reference).
 
 use burn::tensor::{backend::Backend, ops::FloatTensor, DType};
 use kernels_cubecl::AttentionSpec;
 
 /// A burn backend that may run flux's attention calls with fused kernels.
 pub trait AttentionBackend: Backend {
+    /// Whether a call on these tensors must be recorded for a backward pass, so that only the
+    /// differentiable reference may run it (an autodiff backend with a tracked input).
+    fn attention_needs_graph(
+        _q: &FloatTensor<Self>,
+        _k: &FloatTensor<Self>,
+        _v: &FloatTensor<Self>,
+    ) -> bool {
+        false
+    }
+
     /// Whether [`AttentionBackend::fused_attention`] serves a call of these shapes, dtype and
     /// spec on `device`.
     fn has_fused_attention(
@@ -67,9 +78,74 @@ macro_rules! ndarray_reference {
 #[cfg(feature = "ndarray")]
 ndarray_reference!(f32, i64; f64, i64; f32, i32; f64, i32);
 
+/// Untracked calls (a forward pass with no graph: inference, validation, the first pass of
+/// layer-wise training) run the inner backend's kernels; tracked ones the reference, whose
+/// operations autodiff records. XAttention's keep flags carry no gradient, so they always come
+/// from the inner backend.
 impl<B: AttentionBackend, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy>
     AttentionBackend for burn::backend::Autodiff<B, C>
 {
+    fn attention_needs_graph(
+        q: &FloatTensor<Self>,
+        k: &FloatTensor<Self>,
+        v: &FloatTensor<Self>,
+    ) -> bool {
+        q.is_tracked() || k.is_tracked() || v.is_tracked()
+    }
+
+    fn has_fused_attention(
+        q: &[usize],
+        k: &[usize],
+        dtype: DType,
+        spec: &AttentionSpec,
+        device: &Self::Device,
+    ) -> bool {
+        B::has_fused_attention(q, k, dtype, spec, device)
+    }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        spec: &AttentionSpec,
+    ) -> FloatTensor<Self> {
+        use burn::tensor::backend::AutodiffBackend;
+        debug_assert!(!Self::attention_needs_graph(&q, &k, &v));
+        Self::from_inner(B::fused_attention(
+            Self::inner(q),
+            Self::inner(k),
+            Self::inner(v),
+            spec,
+        ))
+    }
+
+    fn has_fused_xattention(
+        q: &[usize],
+        k: &[usize],
+        dtype: DType,
+        block: usize,
+        stride: usize,
+        device: &Self::Device,
+    ) -> bool {
+        B::has_fused_xattention(q, k, dtype, block, stride, device)
+    }
+
+    fn fused_xattention_keep(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        block: usize,
+        stride: usize,
+        threshold: f64,
+    ) -> FloatTensor<Self> {
+        use burn::tensor::backend::AutodiffBackend;
+        Self::from_inner(B::fused_xattention_keep(
+            Self::inner(q),
+            Self::inner(k),
+            block,
+            stride,
+            threshold,
+        ))
+    }
 }
 
 #[cfg(feature = "kernels")]

@@ -118,8 +118,11 @@ fn run<B: AttentionBackend>(
 ) -> Tensor<B, 4> {
     let mut spec = AttentionSpec::new(visibility, q.dims()[3]);
     spec.layout = layout;
-    if B::has_fused_attention(&q.dims(), &k.dims(), q.dtype(), &spec, &q.device()) {
-        let [q, k, v] = [q, k, v].map(|t| t.into_primitive().tensor());
+    let [qp, kp, vp] = [&q, &k, &v].map(|t| t.clone().into_primitive().tensor());
+    if !B::attention_needs_graph(&qp, &kp, &vp)
+        && B::has_fused_attention(&q.dims(), &k.dims(), q.dtype(), &spec, &q.device())
+    {
+        let [q, k, v] = [qp, kp, vp];
         Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(q, k, v, &spec)))
     } else {
         reference::masked_attention(q, k, v, layout, &spec.visibility)
