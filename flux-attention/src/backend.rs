@@ -109,12 +109,12 @@ impl<B: AttentionBackend, C: burn::backend::autodiff::checkpoint::strategy::Chec
         v: FloatTensor<Self>,
         spec: &AttentionSpec,
     ) -> FloatTensor<Self> {
-        use burn::tensor::backend::AutodiffBackend;
         debug_assert!(!Self::attention_needs_graph(&q, &k, &v));
-        Self::from_inner(B::fused_attention(
-            Self::inner(q),
-            Self::inner(k),
-            Self::inner(v),
+        // A new untracked tensor: the call is outside any graph.
+        FloatTensor::<Self>::new(B::fused_attention(
+            q.primitive,
+            k.primitive,
+            v.primitive,
             spec,
         ))
     }
@@ -137,10 +137,9 @@ impl<B: AttentionBackend, C: burn::backend::autodiff::checkpoint::strategy::Chec
         stride: usize,
         threshold: f64,
     ) -> FloatTensor<Self> {
-        use burn::tensor::backend::AutodiffBackend;
-        Self::from_inner(B::fused_xattention_keep(
-            Self::inner(q),
-            Self::inner(k),
+        FloatTensor::<Self>::new(B::fused_xattention_keep(
+            q.primitive,
+            k.primitive,
             block,
             stride,
             threshold,

@@ -70,6 +70,11 @@ impl<B: Backend> RouterLoader<B> {
     }
 
     /// The sample indices of epoch `epoch`, this loader's share.
+    ///
+    /// When the share is one device's of several (burn's data-parallel split: equal contiguous
+    /// slices), each optimizer step's sequences (micro-batch `k` of every slice) are dealt out
+    /// again so that the devices get equal numbers of sequences and token counts as close as
+    /// possible: every device waits for the slowest at each step.
     pub fn epoch_indices(&self, epoch: usize) -> Vec<usize> {
         let n = self.samples.len();
         if n == 0 {
@@ -80,8 +85,7 @@ impl<B: Backend> RouterLoader<B> {
         };
         let first = epoch * self.items_per_epoch;
         let mut pass_cache: Option<(usize, Vec<usize>)> = None;
-        self.share
-            .clone()
+        let order: Vec<usize> = (0..self.items_per_epoch)
             .map(|i| {
                 let global = first + i;
                 let (pass, offset) = (global / n, global % n);
@@ -90,7 +94,52 @@ impl<B: Backend> RouterLoader<B> {
                 }
                 pass_cache.as_ref().expect("filled above").1[offset]
             })
-            .collect()
+            .collect();
+        match self.device_slot() {
+            Some((device, devices)) => self.balanced_share(&order, device, devices),
+            None => order[self.share.clone()].to_vec(),
+        }
+    }
+
+    /// `(device, devices)` when the share is one of `devices` equal slices of the epoch.
+    fn device_slot(&self) -> Option<(usize, usize)> {
+        let len = self.share.len();
+        if len == 0 || len == self.items_per_epoch || self.items_per_epoch % len != 0 {
+            return None;
+        }
+        (self.share.start % len == 0).then(|| (self.share.start / len, self.items_per_epoch / len))
+    }
+
+    /// Device `device`'s share of `order` (the whole epoch): for each micro-batch index `k`,
+    /// the sequences of micro-batch `k` of all slices, longest first, each to the device with
+    /// the fewest tokens so far among those still short of a full micro-batch.
+    fn balanced_share(&self, order: &[usize], device: usize, devices: usize) -> Vec<usize> {
+        let slice = self.share.len();
+        let b = self.batch_size.min(slice);
+        let mut mine = Vec::with_capacity(slice);
+        for start in (0..slice).step_by(b) {
+            let end = (start + b).min(slice);
+            let mut step: Vec<usize> = (0..devices)
+                .flat_map(|d| order[d * slice + start..d * slice + end].iter().copied())
+                .collect();
+            let len = |i: &usize| self.samples[*i].ids.len();
+            // Stable: equal lengths keep the epoch's order, so every device computes the same.
+            step.sort_by_key(|i| std::cmp::Reverse(len(i)));
+            let mut tokens = vec![0usize; devices];
+            let mut count = vec![0usize; devices];
+            for i in step {
+                let d = (0..devices)
+                    .filter(|&d| count[d] < end - start)
+                    .min_by_key(|&d| tokens[d])
+                    .expect("the step has one micro-batch per device");
+                tokens[d] += len(&i);
+                count[d] += 1;
+                if d == device {
+                    mine.push(i);
+                }
+            }
+        }
+        mine
     }
 
     fn with_share(&self, share: Range<usize>, device: B::Device) -> Self {
@@ -277,6 +326,61 @@ mod tests {
             firsts.dedup();
             assert_eq!(firsts.len(), devices * micro_per_epoch);
         }
+    }
+
+    #[test]
+    fn device_shares_balance_the_tokens_of_every_step() {
+        // Lengths 1..=40 tokens: contiguous slices would pair long with long by chance.
+        let samples = Arc::new(
+            (0..40)
+                .map(|i| RouterSample {
+                    ids: vec![i as u32 + 1; i + 1],
+                    prompt_span: 0..1,
+                    answer: 0..1,
+                    category: TaskCategory::Code,
+                    target: 1.0,
+                    family: "test".into(),
+                })
+                .collect::<Vec<_>>(),
+        );
+        let (batch, devices, micro_per_epoch) = (6, 3, 5);
+        let items = batch * micro_per_epoch;
+        let split = RouterLoader::<NdArray>::training(
+            samples.clone(),
+            batch / devices,
+            items,
+            11,
+            0,
+            Default::default(),
+        );
+        let whole =
+            RouterLoader::<NdArray>::training(samples, batch, items, 11, 0, Default::default());
+        let shares = burn::data::dataloader::split::split_dataloader(
+            Arc::new(split) as Arc<dyn DataLoader<NdArray, RouterBatch<NdArray>>>,
+            &[Default::default(), Default::default(), Default::default()],
+        );
+        let per_device: Vec<_> = shares.iter().map(|s| drawn(s.as_ref())).collect();
+        let single = drawn(&whole);
+        for k in 0..micro_per_epoch {
+            // Step k's sequences on each device (sample i has i + 1 tokens).
+            let tokens: Vec<usize> = per_device
+                .iter()
+                .map(|d| d[k * 2..k * 2 + 2].iter().map(|(i, _)| i + 1).sum())
+                .collect();
+            let longest = per_device
+                .iter()
+                .flat_map(|d| d[k * 2..k * 2 + 2].iter().map(|(i, _)| i + 1))
+                .max()
+                .unwrap();
+            let spread = tokens.iter().max().unwrap() - tokens.iter().min().unwrap();
+            // Greedy dealing, longest first: the spread is at most one sequence's length.
+            assert!(spread <= longest, "step {k}: tokens per device {tokens:?}");
+        }
+        let mut a: Vec<usize> = single.iter().map(|(i, _)| *i).collect();
+        let mut b: Vec<usize> = per_device.iter().flatten().map(|(i, _)| *i).collect();
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b);
     }
 
     #[test]
