@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
+use burn::module::Module;
 use burn::tensor::Tensor;
 use common::routed::{random_samples, tiny, values};
 use flux_attention::AttentionMode;
@@ -278,5 +279,115 @@ fn a_qwen3_checkpoint_trains_through_the_same_loop() {
         .iter()
         .filter(|l| l["split"] == "train")
         .all(|l| l["lm_loss"].as_f64().is_some_and(f64::is_finite)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn router_inputs_are_standardised_before_the_first_step() {
+    use flux_models::training::{router_input_statistics, standardize_routers};
+    type Nd = NdArray<f32>;
+    let model = tiny::<Nd>("tiny-llama3");
+    let samples = random_samples(6, 9, 20..40);
+    let refs: Vec<_> = samples.iter().collect();
+    let pool = 4;
+    let stats = router_input_statistics(&model, &refs, pool).unwrap();
+    // Per prompt, what each layer's router sees; then mean and spread in float64.
+    let per_prompt: Vec<Vec<Vec<f64>>> = samples
+        .iter()
+        .map(|s| {
+            let tokens = common::routed::tokens::<Nd>(std::slice::from_ref(&s.ids));
+            model
+                .router_inputs(tokens, std::slice::from_ref(&s.prompt_span), pool)
+                .unwrap()
+                .into_iter()
+                .map(values)
+                .collect()
+        })
+        .collect();
+    let layers = per_prompt[0].len();
+    assert_eq!(stats.mean.len(), layers);
+    for l in 0..layers {
+        for j in 0..per_prompt[0][l].len() {
+            let xs: Vec<f64> = per_prompt.iter().map(|p| p[l][j]).collect();
+            let m = xs.iter().sum::<f64>() / xs.len() as f64;
+            let sd = (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len() as f64).sqrt();
+            assert!((stats.mean[l][j] - m).abs() < 1e-5 * (1.0 + m.abs()));
+            assert!((stats.std[l][j] - sd).abs() < 1e-4 * (1.0 + sd));
+        }
+    }
+    // Two prompts of one length in one batch see what they see alone.
+    let (a, b) = (&samples[0], &samples[1]);
+    let n = a.ids.len().min(b.ids.len());
+    let rows = vec![a.ids[..n].to_vec(), b.ids[..n].to_vec()];
+    let spans = [1..n - 2, 3..n];
+    let batched = model
+        .router_inputs(common::routed::tokens::<Nd>(&rows), &spans, pool)
+        .unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let alone = model
+            .router_inputs(
+                common::routed::tokens::<Nd>(std::slice::from_ref(row)),
+                std::slice::from_ref(&spans[i]),
+                pool,
+            )
+            .unwrap();
+        for l in 0..layers {
+            let got = values(batched[l].clone().narrow(0, i, 1));
+            let want = values(alone[l].clone());
+            assert!(
+                common::max_abs_diff(&got, &want) < 1e-5,
+                "layer {l}, prompt {i}"
+            );
+        }
+    }
+    // Folded into random routers: each router now computes on the raw inputs what it computed
+    // on the standardised ones.
+    let routers = RouterSet::<Nd>::new(
+        &flux_router::LayerRouterConfig::new(16),
+        layers,
+        &Default::default(),
+    )
+    .map(&mut common::routed::Randomize::<Nd>::new(4, 1.0));
+    let folded = standardize_routers(routers.clone(), &stats).unwrap();
+    for l in 0..layers {
+        for p in &per_prompt {
+            let raw = Tensor::<Nd, 2>::from_data(
+                burn::tensor::TensorData::new(p[l].iter().map(|&x| x as f32).collect(), [1, 16]),
+                &Default::default(),
+            );
+            let floor = 0.01 * (stats.std[l].iter().map(|s| s * s).sum::<f64>() / 16.0).sqrt();
+            let z: Vec<f32> = p[l]
+                .iter()
+                .zip(&stats.mean[l])
+                .zip(&stats.std[l])
+                .map(|((x, m), s)| ((x - m) / s.max(floor)) as f32)
+                .collect();
+            let z = Tensor::<Nd, 2>::from_data(
+                burn::tensor::TensorData::new(z, [1, 16]),
+                &Default::default(),
+            );
+            let want = values(routers.routers[l].forward_pooled(z));
+            let got = values(folded.routers[l].forward_pooled(raw));
+            assert!(
+                common::max_abs_diff(&got, &want) < 1e-3,
+                "layer {l}: {got:?} vs {want:?}"
+            );
+        }
+    }
+    // A run with standardisation trains; one prompt cannot give a spread.
+    let dir = run_dir("standardize");
+    let mut cfg = config(2, 2);
+    cfg.standardize_samples = 8;
+    train(&tiny::<AD>("tiny-llama3"), &cfg, &dir, false).unwrap();
+    cfg.standardize_samples = 1;
+    let err = train(
+        &tiny::<AD>("tiny-llama3"),
+        &cfg,
+        &run_dir("standardize-1"),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--standardize-samples"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

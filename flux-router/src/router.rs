@@ -101,6 +101,56 @@ impl<B: Backend> LayerRouter<B> {
         Ok(self.forward_pooled(pooled))
     }
 
+    /// The same router for standardised inputs: afterwards it computes on `pooled` what it
+    /// computed before on `(pooled - mean) / std` (folded into the first layer, so the file
+    /// format and the inference path do not change).
+    ///
+    /// Pooled query states share a large common part across prompts; training on the raw
+    /// values moves every prompt's logits together, so that routing barely depends on the
+    /// input. `mean` and `std` (`[head_dim]`, every `std` positive and finite) are statistics
+    /// of the pooled states over training prompts.
+    pub fn standardize_inputs(mut self, mean: Tensor<B, 1>, std: Tensor<B, 1>) -> Result<Self> {
+        let d = self.head_dim;
+        for (name, t) in [("mean", &mean), ("std", &std)] {
+            if t.dims() != [d] {
+                return Err(RouterError::InvalidArgument {
+                    argument: "standardize_inputs",
+                    message: format!("{name} has shape {:?}, the router expects [{d}]", t.dims()),
+                });
+            }
+        }
+        let bad_std = std
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| RouterError::InvalidArgument {
+                argument: "standardize_inputs",
+                message: format!("std: {e:?}"),
+            })?
+            .into_iter()
+            .find(|s| !(s.is_finite() && *s > 0.0));
+        if let Some(s) = bad_std {
+            return Err(RouterError::InvalidArgument {
+                argument: "standardize_inputs",
+                message: format!("std holds {s}: every entry must be positive and finite"),
+            });
+        }
+        // W x' + b with x' = (x - m) / s  ==  (W / s) x + (b - W (m / s)); burn keeps W as [in, out].
+        let inv = std.recip();
+        let w = self.encoder_in.weight.val();
+        let folded_w = w.clone() * inv.clone().reshape([d, 1]);
+        let shift = (mean * inv).reshape([1, d]).matmul(w).reshape([8 * d]);
+        let b = match &self.encoder_in.bias {
+            Some(b) => b.val() - shift,
+            None => shift.neg(),
+        };
+        // Detached: parameters must be leaves of any later graph.
+        self.encoder_in.weight = Param::from_tensor(folded_w.detach());
+        self.encoder_in.bias = Some(Param::from_tensor(b.detach()));
+        Ok(self)
+    }
+
     /// Logits `[b, 2]` from pooled states `[b, d]`.
     pub fn forward_pooled(&self, pooled: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = self

@@ -280,3 +280,56 @@ fn clones_of_a_fresh_router_share_its_weights() {
     let hidden = |r: &flux_router::LayerRouter<B>| to_vec(r.forward_pooled(pooled.clone()));
     assert_eq!(hidden(&router), hidden(&copy));
 }
+
+#[test]
+fn standardized_router_computes_on_raw_inputs_what_it_did_on_standardized_ones() {
+    let d = 8;
+    let mut rng = StdRng::seed_from_u64(5);
+    let device = Default::default();
+    // Jittered, so that the last layer is not all zeros and the logits depend on the input.
+    let router = LayerRouterConfig::new(d)
+        .init::<B>(&device)
+        .map(&mut Jitter(StdRng::seed_from_u64(6)));
+    // Inputs with a large common offset and a small spread, like pooled query states.
+    let mean: Vec<f32> = (0..d).map(|i| 3.0 + i as f32).collect();
+    let std: Vec<f32> = (0..d).map(|i| 0.01 * (i + 1) as f32).collect();
+    let raw: Vec<f32> = (0..4 * d)
+        .map(|k| mean[k % d] + std[k % d] * rng.random_range(-2.0f32..2.0))
+        .collect();
+    let standardized: Vec<f32> = raw
+        .iter()
+        .enumerate()
+        .map(|(k, x)| (x - mean[k % d]) / std[k % d])
+        .collect();
+    let input = |x: &[f32]| Tensor::<B, 2>::from_data(TensorData::new(x.to_vec(), [4, d]), &device);
+    let expected = to_vec(router.forward_pooled(input(&standardized)));
+    let folded = router
+        .clone()
+        .standardize_inputs(
+            Tensor::from_data(TensorData::new(mean.clone(), [d]), &device),
+            Tensor::from_data(TensorData::new(std.clone(), [d]), &device),
+        )
+        .unwrap();
+    let got = to_vec(folded.forward_pooled(input(&raw)));
+    for (g, e) in got.iter().zip(&expected) {
+        assert!(
+            (g - e).abs() < 1e-3 * (1.0 + e.abs()),
+            "{got:?} vs {expected:?}"
+        );
+    }
+    // The standardized inputs spread the logits more than the raw ones did.
+    let spread = |v: &[f32]| {
+        let fa: Vec<f32> = v.chunks(2).map(|c| c[0] - c[1]).collect();
+        fa.iter().cloned().fold(f32::MIN, f32::max) - fa.iter().cloned().fold(f32::MAX, f32::min)
+    };
+    assert!(spread(&got) > spread(&to_vec(router.forward_pooled(input(&raw)))));
+    // Bad statistics are refused.
+    let zeros = Tensor::<B, 1>::zeros([d], &device);
+    assert!(router
+        .clone()
+        .standardize_inputs(zeros.clone(), zeros.clone())
+        .is_err());
+    assert!(router
+        .standardize_inputs(zeros, Tensor::<B, 1>::ones([d + 1], &device))
+        .is_err());
+}

@@ -68,6 +68,10 @@ struct Args {
     /// Validation samples scored at each checkpoint.
     #[arg(long, default_value_t = 32)]
     max_valid: usize,
+    /// Standardise the routers' inputs with their mean and spread over this many training
+    /// prompts before the first step (0: raw inputs, as the reference does).
+    #[arg(long, default_value_t = 32)]
+    standardize_samples: usize,
     /// A progress line every N steps (without the terminal UI).
     #[arg(long, default_value_t = 10)]
     print_every: usize,
@@ -143,6 +147,7 @@ impl Args {
             seed: self.seed,
             devices: self.devices.len(),
             max_valid: self.max_valid,
+            standardize_samples: self.standardize_samples,
             time_limit: self.time_limit,
             ..TrainConfig::default()
         })

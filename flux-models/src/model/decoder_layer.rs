@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use burn::tensor::{backend::Backend, Tensor};
 use flux_attention::{attend, attention, AttentionMode, LayerKvCache};
-use flux_router::{argmax_decisions, silu};
+use flux_router::{argmax_decisions, pool_query_states, silu};
 
 use super::linear::Linear;
 use super::rms_norm::RmsNorm;
@@ -134,6 +134,17 @@ impl<B: AttentionBackend> SelfAttention<B> {
                 let z = decision.z_full.clone().reshape([b, 1, 1, 1]);
                 let out = fa * z.clone() + sa * z.neg().add_scalar(1.0);
                 (out, LayerDecision::Soft(decision.z_full, decision.full))
+            }
+            LayerChoice::Observe {
+                pool_spans,
+                pool_tokens,
+            } => {
+                let pooled =
+                    pool_query_states(q.clone(), Some(pool_spans), pool_tokens, self.head_dim)
+                        .map_err(router_error)?;
+                let full = vec![AttentionMode::Full; b];
+                let out = self.attend_each(&q, &k, &v, ropes, spans, None, &full, timer)?;
+                (out, LayerDecision::Pooled(pooled))
             }
         };
         let out = out

@@ -327,6 +327,36 @@ impl<B: AttentionBackend> Model<B> {
         })
     }
 
+    /// What each layer's router sees for `tokens` (`[b, n]`, no padding) under full attention:
+    /// the pooled pre-RoPE query states `[b, head_dim]` over `pool_spans[i]` (`pool_tokens` at
+    /// each end), one tensor per layer.
+    pub fn router_inputs(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        pool_spans: &[Range<usize>],
+        pool_tokens: usize,
+    ) -> Result<Vec<Tensor<B, 2>>> {
+        let [b, n] = tokens.dims();
+        let spans = self.check_input(b, n, None)?;
+        self.check_input(b, n, Some(pool_spans))?;
+        let ropes = self.rope_tables(&spans);
+        let mut x = self.embed(tokens);
+        let mut pooled = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let choice = LayerChoice::Observe {
+                pool_spans,
+                pool_tokens,
+            };
+            let (y, decision) = layer.forward(x, &ropes, &spans, None, choice, &self.timer)?;
+            x = y;
+            match decision {
+                LayerDecision::Pooled(p) => pooled.push(p),
+                _ => unreachable!("an observed layer reports its router input"),
+            }
+        }
+        Ok(pooled)
+    }
+
     /// Token embeddings `[b, n, hidden]` of `tokens` `[b, n]`.
     pub(crate) fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         embedding(self.embed_tokens.clone(), tokens)

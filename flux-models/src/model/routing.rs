@@ -54,6 +54,13 @@ pub(crate) enum LayerChoice<'a, B: Backend> {
         /// Hard choices to repeat (a recomputation), instead of the sampled ones.
         forced: Option<&'a [bool]>,
     },
+    /// Full attention, reporting what a router would see: the pooled query states.
+    Observe {
+        /// The tokens each sequence's router pools.
+        pool_spans: &'a [Range<usize>],
+        /// Tokens pooled at each end.
+        pool_tokens: usize,
+    },
 }
 
 /// What a layer reports about its choice.
@@ -64,4 +71,6 @@ pub(crate) enum LayerDecision<B: Backend> {
     Hard(Vec<bool>),
     /// Straight-through weights of full attention `[b]` and the hard decisions.
     Soft(Tensor<B, 1>, Vec<bool>),
+    /// A router's input `[b, head_dim]` (the layer ran full attention).
+    Pooled(Tensor<B, 2>),
 }

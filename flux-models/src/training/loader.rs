@@ -157,7 +157,7 @@ impl<B: Backend> RouterLoader<B> {
 }
 
 /// The seeded permutation of pass `pass` over `n` samples.
-fn permutation(n: usize, seed: u64, pass: usize) -> Vec<usize> {
+pub(crate) fn permutation(n: usize, seed: u64, pass: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mixed = seed
         ^ (pass as u64)

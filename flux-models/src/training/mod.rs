@@ -27,6 +27,7 @@ mod optim;
 mod peers;
 mod renderer;
 mod schedule;
+mod standardize;
 mod trainer;
 
 pub use backbone::Backbone;
@@ -45,6 +46,7 @@ pub use optim::{clip_global_norm, RouterOptimizer, RouterOptimizerConfig};
 pub use peers::PeerAgreement;
 pub use renderer::MetricsLog;
 pub use schedule::WarmupCosine;
+pub use standardize::{router_input_statistics, standardize_routers, RouterInputStatistics};
 pub use trainer::{
     Deadline, RouterStepOutput, RouterTrainer, StepFailure, StepSettings, StopHandle,
     DEADLINE_MESSAGE,
@@ -112,6 +114,10 @@ pub struct TrainConfig {
     pub max_valid: usize,
     /// Checkpoints kept.
     pub keep_checkpoints: usize,
+    /// Training prompts whose router inputs standardise the routers' first layer before the
+    /// first step (0: none, the raw inputs of the reference; see [`standardize_routers`]).
+    #[serde(default)]
+    pub standardize_samples: usize,
     /// Stop at the first checkpoint after this many seconds (the run can be resumed); not part
     /// of what a resume must match.
     #[serde(skip)]
@@ -145,6 +151,7 @@ impl Default for TrainConfig {
             seed: 0,
             max_valid: 32,
             keep_checkpoints: 3,
+            standardize_samples: 0,
             time_limit: None,
         }
     }
@@ -183,6 +190,12 @@ impl TrainConfig {
             if v == 0 {
                 return Err(bad(format!("--{name} must be at least 1")));
             }
+        }
+        if self.standardize_samples == 1 {
+            return Err(bad(
+                "--standardize-samples must be 0 (off) or at least 2 (a spread needs two prompts)"
+                    .into(),
+            ));
         }
         if self.batch_size % self.devices != 0 {
             return Err(bad(format!(
@@ -536,7 +549,28 @@ where
     };
     let micro_per_epoch = config.micro_batches_per_epoch();
     let devices = config.devices.max(1);
-    let routers = RouterSet::<B>::new(&router_config, c.num_layers, &device);
+    let mut routers = RouterSet::<B>::new(&router_config, c.num_layers, &device);
+    // A resumed run's routers come from its checkpoint.
+    if config.standardize_samples > 0 && done_epochs == 0 {
+        let order = loader::permutation(train.len(), config.seed, 0);
+        let picked: Vec<&RouterSample> = order
+            .iter()
+            .take(config.standardize_samples)
+            .map(|&i| &train[i])
+            .collect();
+        let stats = router_input_statistics(&model, &picked, config.pool_tokens)?;
+        let spread = stats.spread_ratios();
+        let mut sorted = spread.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "router inputs over {} training prompts: spread / offset per layer {:.3} (min) {:.3} (median) {:.3} (max); standardised",
+            picked.len(),
+            sorted[0],
+            sorted[sorted.len() / 2],
+            sorted[sorted.len() - 1]
+        );
+        routers = standardize_routers(routers, &stats)?;
+    }
     let objective = SparsityObjective::new(config.lambda_init.0, config.lambda_init.1, &device);
     let interrupter = Interrupter::new();
     let failure = StepFailure::default();
