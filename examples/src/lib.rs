@@ -1,3 +1,4 @@
 //! Shared command-line pieces of the flux programs.
 
+pub mod eval_plots;
 pub mod routing_args;

@@ -109,6 +109,19 @@ fn eval_writes_a_suite_then_results_and_tables() {
         serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["rows"].as_array().unwrap().len(), 2);
+    for plot in [
+        "accuracy-vs-length.png",
+        "accuracy-vs-sparsity.png",
+        "speedup-vs-length.png",
+    ] {
+        let path = results.join(plot);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(path.to_str().unwrap()),
+            "{plot} is not printed"
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{}", path.display());
+    }
 
     // A malformed line is named by its number; the run stops with exit code 1.
     let bad = dir.join("bad.jsonl");

@@ -1,7 +1,8 @@
 //! Long-context evaluation: runs a task file (JSON lines, see the README) under several routing
 //! plans, so that every plan sees the same samples, and writes the per-sample results and a
 //! summary table (accuracy per task x length x plan, sparsity, prefill and decode speed).
-//! `--make-suite NAME` writes a built-in suite as such a file instead.
+//! `--make-suite NAME` writes a built-in suite as such a file instead. The summary is also
+//! drawn as PNG plots; `--plots-from DIR` redraws them from DIR/summary.json without a model.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use flux_attention::{AttentionBackend, AttentionMode};
+use flux_examples::eval_plots::{draw_plots, EvalSummary};
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::eval::{
@@ -26,11 +28,15 @@ use sha2::{Digest, Sha256};
 #[derive(Parser, Clone)]
 struct Args {
     /// Model folder (config.json, *.safetensors, tokenizer.json) or GGUF file.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "plots_from")]
+    model: Option<PathBuf>,
     /// Task file (JSON lines).
-    #[arg(long, required_unless_present = "make_suite")]
+    #[arg(long, required_unless_present_any = ["make_suite", "plots_from"])]
     tasks: Option<PathBuf>,
+    /// Only redraw the PNG plots from DIR/summary.json (of an earlier run, e.g. on another
+    /// machine) into DIR, or into --out when given; no model is loaded.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tasks", "make_suite", "model"])]
+    plots_from: Option<PathBuf>,
     /// Write a built-in suite (niah_single, niah_mk, niah_mv, vt, cwe) to --out (a .jsonl file), sized
     /// with --model's tokenizer, instead of evaluating.
     #[arg(long)]
@@ -62,10 +68,10 @@ struct Args {
     /// Leave out malformed task lines (listed on stderr) instead of stopping at the first.
     #[arg(long)]
     skip_malformed: bool,
-    /// Output folder (samples.jsonl, summary.json, summary.md), or the suite file of
-    /// --make-suite.
-    #[arg(long)]
-    out: PathBuf,
+    /// Output folder (samples.jsonl, summary.json, summary.md and the PNG plots), or the suite
+    /// file of --make-suite.
+    #[arg(long, required_unless_present = "plots_from")]
+    out: Option<PathBuf>,
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
@@ -179,6 +185,27 @@ fn run_plans<B: AttentionBackend>(
     log: &mut SampleLog,
 ) -> Result<()> {
     let context = model.config().max_position_embeddings;
+    let fits = |task: &EvalTask| -> Result<bool> {
+        Ok(prompt_ids(tokenizer, task)?.len() + task.max_new_tokens <= context)
+    };
+    // Kernels compile on their first call: one untimed short run of the first task under each
+    // plan keeps compilation out of the timings of whichever plan would run first.
+    let mut warm_up = None;
+    for task in tasks {
+        if fits(task)? {
+            warm_up = Some(task);
+            break;
+        }
+    }
+    if let Some(task) = warm_up {
+        let mut short = task.clone();
+        short.max_new_tokens = short.max_new_tokens.min(2);
+        for (name, setup) in plans {
+            bar.set_message(format!("warm-up / {name}"));
+            evaluate_task(model, tokenizer, &short, name, setup.routing())
+                .with_context(|| format!("warm-up on task {}, plan {name}", task.id))?;
+        }
+    }
     for task in tasks {
         let prompt = prompt_ids(tokenizer, task)?.len();
         if prompt + task.max_new_tokens > context {
@@ -219,6 +246,8 @@ impl BackendTask for Args {
         };
         // The task file first: a bad file should not wait for the model to load.
         let tasks_path = self.tasks.clone().context("--tasks is required")?;
+        let model_path = self.model.clone().context("--model is required")?;
+        let out = self.out.clone().context("--out is required")?;
         let file = read_tasks(&tasks_path, malformed)?;
         for (line, why) in &file.skipped {
             eprintln!("eval: {}:{line}: skipped: {why}", tasks_path.display());
@@ -227,8 +256,8 @@ impl BackendTask for Args {
             bail!("--samples must be at least 1");
         }
         let tasks = first_of_each(file.tasks, self.samples);
-        std::fs::create_dir_all(&self.out).map_err(|e| ModelError::io(&self.out, e))?;
-        let loaded = load::<B>(&self.model, &device)?;
+        std::fs::create_dir_all(&out).map_err(|e| ModelError::io(&out, e))?;
+        let loaded = load::<B>(&model_path, &device)?;
         let plans = self.plans(&loaded.model)?;
         let plan_names: Vec<String> = plans.iter().map(|(n, _)| n.clone()).collect();
         eprintln!(
@@ -236,10 +265,10 @@ impl BackendTask for Args {
             tasks.len(),
             plans.len(),
             plan_names.join(", "),
-            self.model.display()
+            model_path.display()
         );
 
-        let samples_path = self.out.join("samples.jsonl");
+        let samples_path = out.join("samples.jsonl");
         let mut log = SampleLog {
             file: File::create(&samples_path).map_err(|e| ModelError::io(&samples_path, e))?,
             path: samples_path.clone(),
@@ -282,7 +311,8 @@ impl BackendTask for Args {
                     for plan in [
                         format!("first:{k}"),
                         format!("last:{k}"),
-                        format!("fraction:{}", k as f64 / layers as f64),
+                        // Three decimals name the same K again (`fraction` rounds).
+                        format!("fraction:{:.3}", k as f64 / layers as f64),
                     ] {
                         if !plan_names.contains(&plan) && !extra.iter().any(|(n, _)| n == &plan) {
                             let forced: ForcedPlan = plan.parse()?;
@@ -320,7 +350,7 @@ impl BackendTask for Args {
         let rows = summarize(&results);
         let table = summary_markdown(&rows, &plan_names);
         let summary = serde_json::json!({
-            "model": self.model.display().to_string(),
+            "model": model_path.display().to_string(),
             "tasks_file": tasks_path.display().to_string(),
             "plans": plan_names,
             "sparse_mode": self.sparse.mode().to_string(),
@@ -330,16 +360,25 @@ impl BackendTask for Args {
             "baselines": baselines,
         });
         write_file(
-            &self.out.join("summary.json"),
+            &out.join("summary.json"),
             &serde_json::to_string_pretty(&summary)?,
         )?;
-        write_file(&self.out.join("summary.md"), &table)?;
+        write_file(&out.join("summary.md"), &table)?;
         println!("{table}");
         eprintln!(
             "eval: wrote {}, summary.json and summary.md in {}",
             samples_path.display(),
-            self.out.display()
+            out.display()
         );
+        // The measured results are on disk already: a plot that cannot be drawn is a warning
+        // (redraw with --plots-from), not a failed run.
+        let summary = EvalSummary {
+            plans: plan_names,
+            rows,
+        };
+        if let Err(e) = print_plots(&summary, &out) {
+            eprintln!("eval: warning: no plots: {e:#}");
+        }
         Ok(())
     }
 }
@@ -365,7 +404,8 @@ fn make_suite_file(args: &Args, name: &str) -> Result<()> {
         )
     })?;
     let haystack = Haystack::new(&text).with_context(|| haystack_path.display().to_string())?;
-    let tokenizer = Tokenizer::load(&args.model)?;
+    let tokenizer = Tokenizer::load(args.model.as_ref().context("--model is required")?)?;
+    let out = args.out.as_ref().context("--out is required")?;
     let config = SuiteConfig {
         lengths: args.lengths.clone(),
         samples: args.samples.unwrap_or(20),
@@ -375,11 +415,11 @@ fn make_suite_file(args: &Args, name: &str) -> Result<()> {
         bail!("--samples must be at least 1");
     }
     let tasks = make_suite(suite, &haystack, &tokenizer, &config)?;
-    write_tasks(&args.out, &tasks)?;
-    let bytes = std::fs::read(&args.out).map_err(|e| ModelError::io(&args.out, e))?;
+    write_tasks(out, &tasks)?;
+    let bytes = std::fs::read(out).map_err(|e| ModelError::io(out, e))?;
     eprintln!(
         "eval: wrote {} ({} tasks of {name}, lengths {:?}, seed {}), sha256 {:x}",
-        args.out.display(),
+        out.display(),
         tasks.len(),
         config.lengths,
         config.seed,
@@ -388,11 +428,31 @@ fn make_suite_file(args: &Args, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Draws the plots of `summary` into `dir` and prints the paths written (stdout) and the
+/// plots skipped (stderr).
+fn print_plots(summary: &EvalSummary, dir: &Path) -> Result<()> {
+    let plots = draw_plots(summary, dir)?;
+    for why in &plots.skipped {
+        eprintln!("eval: {why}");
+    }
+    for path in &plots.written {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// `--plots-from DIR`: the plots of DIR/summary.json, into `--out` or DIR.
+fn plots_from(dir: &Path, out: Option<&Path>) -> Result<()> {
+    let summary = EvalSummary::read(&dir.join("summary.json"))?;
+    print_plots(&summary, out.unwrap_or(dir))
+}
+
 fn main() {
     let args = Args::parse();
-    let result = match &args.make_suite {
-        Some(name) => make_suite_file(&args, name),
-        None => run_on(args.backend, args.clone()),
+    let result = match (&args.plots_from, &args.make_suite) {
+        (Some(dir), _) => plots_from(dir, args.out.as_deref()),
+        (None, Some(name)) => make_suite_file(&args, name),
+        (None, None) => run_on(args.backend, args.clone()),
     };
     if let Err(e) = result {
         eprintln!("eval: {e:#}");
