@@ -281,7 +281,11 @@ impl AutodiffTask for Args {
             "training_loop_seconds": outcome.seconds,
             "tokens_per_second": outcome.tokens_trained as f64 / outcome.seconds.max(1e-9),
             "backend": self.backend.to_string(),
-            "commit": std::env::var("FLUX_COMMIT").unwrap_or_else(|_| "unknown".into()),
+            // At run time, else as built (`FLUX_COMMIT=$(git rev-parse --short HEAD) cargo build`).
+            "commit": std::env::var("FLUX_COMMIT")
+                .ok()
+                .or(option_env!("FLUX_COMMIT").map(String::from))
+                .unwrap_or_else(|| "unknown".into()),
             "final_multipliers": {"lambda1": outcome.multipliers.0, "lambda2": outcome.multipliers.1},
             "final_validation": last_valid,
         });
