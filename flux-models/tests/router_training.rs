@@ -378,7 +378,17 @@ fn router_inputs_are_standardised_before_the_first_step() {
     let dir = run_dir("standardize");
     let mut cfg = config(2, 2);
     cfg.standardize_samples = 8;
-    train(&tiny::<AD>("tiny-llama3"), &cfg, &dir, false).unwrap();
+    let out = train(&tiny::<AD>("tiny-llama3"), &cfg, &dir, false).unwrap();
+    // The routers of the run's last checkpoint, exported without training, are the trained ones.
+    let (exported, epochs) =
+        flux_models::training::checkpoint_routers(&tiny::<Nd>("tiny-llama3"), &dir).unwrap();
+    assert_eq!(epochs, 1);
+    assert_eq!(router_values(&exported), router_values(&out.routers));
+    // ... and only for the model the run was started for.
+    let err = flux_models::training::checkpoint_routers(&tiny::<Nd>("tiny-qwen3"), &dir)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another model"), "{err}");
     cfg.standardize_samples = 1;
     let err = train(
         &tiny::<AD>("tiny-llama3"),

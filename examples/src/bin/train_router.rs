@@ -27,8 +27,8 @@ struct Args {
     #[arg(long)]
     model: PathBuf,
     /// Router data folder from make_router_data (train.bin.gz, valid.bin.gz, manifest.json).
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "export")]
+    data: Option<PathBuf>,
     /// Where the trained routers are written (safetensors), with `<out>.manifest.json` beside.
     #[arg(long)]
     out: PathBuf,
@@ -38,6 +38,10 @@ struct Args {
     /// Continue the run in this folder from its newest complete checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// With --resume DIR: do not train, write the routers of DIR's newest checkpoint
+    /// to --out (a run that was killed, or whose router file was lost).
+    #[arg(long, requires = "resume")]
+    export: bool,
     /// Optimizer steps.
     #[arg(long, default_value_t = 300)]
     steps: usize,
@@ -166,6 +170,71 @@ impl Args {
     }
 }
 
+/// The commit the program runs: `FLUX_COMMIT` at run time, else as built.
+fn commit() -> String {
+    std::env::var("FLUX_COMMIT")
+        .ok()
+        .or(option_env!("FLUX_COMMIT").map(String::from))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Args {
+    fn router_dtype(&self) -> Dtype {
+        if self.router_dtype == "f32" {
+            Dtype::F32
+        } else {
+            Dtype::BF16
+        }
+    }
+
+    /// `--export`: the routers of the run's newest checkpoint, written to `--out`.
+    fn export_checkpoint<B: AttentionBackend>(&self) -> Result<()> {
+        let dir = self.resume.clone().context("--export needs --resume DIR")?;
+        let run = RunManifest::read(&dir)?;
+        let device = device_number::<B>(self.devices[0])?;
+        let loaded = load::<B>(&self.model, &device)?;
+        let (routers, epochs) = flux_models::training::checkpoint_routers(&loaded.model, &dir)?;
+        let meta = loaded
+            .model
+            .router_meta(run.config.sparse_mode, run.config.pool_tokens);
+        if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+        }
+        routers
+            .save_as(&meta, &self.out, self.router_dtype())
+            .with_context(|| format!("writing {}", self.out.display()))?;
+        let manifest = serde_json::json!({
+            "router_file": self.out.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "router_sha256": sha256_of(&self.out)?,
+            "router_dtype": self.router_dtype,
+            "model": self.model.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "router_meta": meta,
+            "exported_from": dir.display().to_string(),
+            "train_data_sha256": run.train_data_sha256,
+            "train_samples": run.train_samples,
+            "config": run.config,
+            "completed": epochs >= run.config.epochs(),
+            "checkpoint_intervals_done": epochs,
+            "steps_done": epochs * run.config.checkpoint_every,
+            "final_validation": last_valid_metrics(&dir.join("metrics.jsonl")),
+            "commit": commit(),
+        });
+        let manifest_path = self.out.with_extension("manifest.json");
+        flux_models::training::write_atomically(
+            &manifest_path,
+            serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        )?;
+        eprintln!(
+            "wrote {} and {}: the routers of checkpoint interval {epochs} ({} steps) of {}",
+            self.out.display(),
+            manifest_path.display(),
+            epochs * run.config.checkpoint_every,
+            dir.display()
+        );
+        Ok(())
+    }
+}
+
 impl AutodiffTask for Args {
     type Output = ();
     type Error = anyhow::Error;
@@ -175,6 +244,9 @@ impl AutodiffTask for Args {
         B: burn::tensor::backend::AutodiffBackend + AttentionBackend + DataParallelBackend,
         B::InnerBackend: AttentionBackend,
     {
+        if self.export {
+            return self.export_checkpoint::<B>();
+        }
         let config = self.config()?;
         let dir = self.run_dir();
         // Settings first: a bad option should not wait for the model to load.
@@ -197,7 +269,8 @@ impl AutodiffTask for Args {
             .map(|&i| device_number::<B>(i))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let device = devices[0].clone();
-        let (train, valid, data_sha) = read_data(&self.data, self.seq_len)?;
+        let data = self.data.clone().context("--data is required")?;
+        let (train, valid, data_sha) = read_data(&data, self.seq_len)?;
         let loaded = load::<B>(&self.model, &device)?;
         let meta = loaded
             .model
@@ -247,14 +320,9 @@ impl AutodiffTask for Args {
         if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
         }
-        let dtype = if self.router_dtype == "f32" {
-            Dtype::F32
-        } else {
-            Dtype::BF16
-        };
         outcome
             .routers
-            .save_as(&meta, &self.out, dtype)
+            .save_as(&meta, &self.out, self.router_dtype())
             .with_context(|| format!("writing {}", self.out.display()))?;
         let last_valid = last_valid_metrics(&dir.join("metrics.jsonl"));
         let manifest = serde_json::json!({
@@ -263,9 +331,9 @@ impl AutodiffTask for Args {
             "router_dtype": self.router_dtype,
             "model": self.model.file_name().map(|n| n.to_string_lossy().into_owned()),
             "router_meta": meta,
-            "data": self.data.display().to_string(),
+            "data": data.display().to_string(),
             "train_data_sha256": data_sha,
-            "data_manifest": std::fs::read_to_string(self.data.join("manifest.json")).ok()
+            "data_manifest": std::fs::read_to_string(data.join("manifest.json")).ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
             "train_samples": n_train,
             "valid_samples": n_valid,
@@ -282,10 +350,7 @@ impl AutodiffTask for Args {
             "tokens_per_second": outcome.tokens_trained as f64 / outcome.seconds.max(1e-9),
             "backend": self.backend.to_string(),
             // At run time, else as built (`FLUX_COMMIT=$(git rev-parse --short HEAD) cargo build`).
-            "commit": std::env::var("FLUX_COMMIT")
-                .ok()
-                .or(option_env!("FLUX_COMMIT").map(String::from))
-                .unwrap_or_else(|| "unknown".into()),
+            "commit": commit(),
             "final_multipliers": {"lambda1": outcome.multipliers.0, "lambda2": outcome.multipliers.1},
             "final_validation": last_valid,
         });

@@ -65,6 +65,11 @@ impl<B: Backend, R: FileRecorder<B>> FileRecorder<B> for AtomicRecorder<R> {
 /// The newest epoch of `checkpoint_dir` (burn-train's `<dir>/checkpoint`) for which the model,
 /// optimizer and scheduler files all exist, with extension `ext`.
 pub fn latest_complete_epoch(checkpoint_dir: &Path, ext: &str) -> Option<usize> {
+    latest_epoch_with(checkpoint_dir, ext, &["optim", "scheduler"])
+}
+
+/// The newest epoch with a model file and a file of each of `kinds` in `checkpoint_dir`.
+pub(crate) fn latest_epoch_with(checkpoint_dir: &Path, ext: &str, kinds: &[&str]) -> Option<usize> {
     let entries = std::fs::read_dir(checkpoint_dir).ok()?;
     let suffix = format!(".{ext}");
     entries
@@ -77,7 +82,7 @@ pub fn latest_complete_epoch(checkpoint_dir: &Path, ext: &str) -> Option<usize> 
                 .ok()
         })
         .filter(|epoch| {
-            ["optim", "scheduler"].iter().all(|kind| {
+            kinds.iter().all(|kind| {
                 checkpoint_dir
                     .join(format!("{kind}-{epoch}{suffix}"))
                     .is_file()

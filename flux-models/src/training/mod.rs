@@ -20,6 +20,7 @@ mod backbone;
 mod batch;
 mod checkpoint;
 mod evaluate;
+mod export;
 mod layerwise;
 mod loader;
 mod metrics;
@@ -36,6 +37,7 @@ pub use checkpoint::{latest_complete_epoch, AtomicRecorder};
 pub use evaluate::{
     cheapest_layers_plan, layer_sparsification_costs, mean_loss, score_sample, SampleScore,
 };
+pub use export::checkpoint_routers;
 pub use layerwise::{
     answer_loss, router_gradients, router_gradients_agreed, router_gradients_full_graph, StepInput,
     StepStats,
