@@ -176,3 +176,114 @@ fn eval_writes_a_suite_then_results_and_tables() {
     assert_eq!(samples.lines().count(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn baselines_follow_a_router_with_its_number_of_sparse_layers_and_a_calibrated_plan() {
+    use flux_models::router_data::{write_split, RouterSample};
+    use flux_router::TaskCategory;
+    let model = models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        model.display()
+    );
+    let model = model.to_str().unwrap();
+    let router = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../routers/smollm2-135m-instruct/routers.safetensors");
+    let dir = std::env::temp_dir().join(format!("flux-eval-baselines-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let suite = dir.join("niah.jsonl");
+    let out = eval(&[
+        "--make-suite",
+        "niah_single",
+        "--model",
+        model,
+        "--lengths",
+        "600",
+        "--samples",
+        "1",
+        "--out",
+        suite.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A calibration set of one short sample (ids inside SmolLM2's vocabulary).
+    let calibration = dir.join("calibration");
+    std::fs::create_dir_all(&calibration).unwrap();
+    let ids: Vec<u32> = (0..48).map(|i| 100 + 37 * i).collect();
+    let sample = RouterSample {
+        ids,
+        prompt_span: 1..40,
+        answer: 40..48,
+        category: TaskCategory::SingleDocQa,
+        target: TaskCategory::SingleDocQa.default_target(),
+        family: "test".into(),
+    };
+    write_split(&calibration.join("train.bin.gz"), &[sample]).unwrap();
+    let results = dir.join("out");
+    let out = eval(&[
+        "--model",
+        model,
+        "--tasks",
+        suite.to_str().unwrap(),
+        "--router",
+        router.to_str().unwrap(),
+        "--baselines",
+        "--calibration",
+        calibration.to_str().unwrap(),
+        "--calibration-samples",
+        "1",
+        "--out",
+        results.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap())
+            .unwrap();
+    let baseline = &summary["baselines"]["router:routers.safetensors"];
+    // The router keeps 21 of 30 layers sparse for every prompt (its manifest).
+    assert_eq!(baseline["sparse_layers"], 21);
+    let plans: Vec<&str> = baseline["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        plans,
+        ["first:21", "last:21", "fraction:0.700", "calibrated:21"]
+    );
+    let calibrated = baseline["calibrated_layers"].as_str().unwrap().to_string();
+    assert_eq!(calibrated.len(), 30);
+    assert_eq!(calibrated.matches('S').count(), 21);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(results.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let layers_of = |plan: &str| {
+        lines.iter().find(|l| l["plan"] == plan).unwrap()["layers"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(layers_of("calibrated:21"), calibrated);
+    assert_eq!(
+        layers_of("first:21"),
+        format!("{}{}", "S".repeat(21), "F".repeat(9))
+    );
+    assert_eq!(
+        layers_of("last:21"),
+        format!("{}{}", "F".repeat(9), "S".repeat(21))
+    );
+    assert_eq!(layers_of("fraction:0.700").matches('S').count(), 21);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,6 +19,8 @@ use flux_models::eval::{
     evaluate_task, make_suite, prompt_ids, read_tasks, summarize, summary_markdown, write_tasks,
     EvalTask, Haystack, MalformedLines, SampleResult, Suite, SuiteConfig,
 };
+use flux_models::router_data::{read_split, RouterSample};
+use flux_models::training::{cheapest_layers_plan, layer_sparsification_costs};
 use flux_models::{load, Model, ModelError, Routing, Tokenizer};
 use flux_router::{ForcedPlan, RouterSet, RoutingPlan};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -65,6 +67,14 @@ struct Args {
     /// chose on average: the first K, the last K, and K spread evenly (fraction).
     #[arg(long)]
     baselines: bool,
+    /// With --baselines, also the calibrated static plan: the K layers whose sparsification
+    /// alone costs least (answer-token loss) on the first --calibration-samples training
+    /// samples of this router data folder (make_router_data; never the eval tasks).
+    #[arg(long, requires = "baselines")]
+    calibration: Option<PathBuf>,
+    /// Samples of --calibration.
+    #[arg(long, default_value_t = 8)]
+    calibration_samples: usize,
     /// Leave out malformed task lines (listed on stderr) instead of stopping at the first.
     #[arg(long)]
     skip_malformed: bool,
@@ -292,6 +302,28 @@ impl BackendTask for Args {
         let mut baselines = serde_json::Map::new();
         if self.baselines {
             let layers = loaded.model.config().num_layers;
+            let calibration = match &self.calibration {
+                Some(dir) => {
+                    let path = dir.join("train.bin.gz");
+                    let samples = read_split(&path)?;
+                    let context = loaded.model.config().max_position_embeddings;
+                    let kept: Vec<RouterSample> = samples
+                        .into_iter()
+                        .filter(|s| s.ids.len() <= context)
+                        .take(self.calibration_samples)
+                        .collect();
+                    if kept.is_empty() {
+                        bail!(
+                            "--calibration {}: no training sample fits the model's context of {context}",
+                            dir.display()
+                        );
+                    }
+                    Some(kept)
+                }
+                None => None,
+            };
+            // Per sparse mode: what making each layer alone sparse costs on the calibration set.
+            let mut costs: HashMap<String, Vec<f64>> = HashMap::new();
             let mut extra = Vec::new();
             for (name, setup) in &plans {
                 // The baselines use the router's own sparse mode.
@@ -322,9 +354,27 @@ impl BackendTask for Args {
                         names.push(plan);
                     }
                 }
+                let mut calibrated = None;
+                if let (Some(samples), true) = (&calibration, k > 0) {
+                    let key = mode.to_string();
+                    if !costs.contains_key(&key) {
+                        let refs: Vec<&RouterSample> = samples.iter().collect();
+                        bar.set_message(format!("calibrating layers ({key})"));
+                        let c = layer_sparsification_costs(&loaded.model, &refs, *mode, || {})?;
+                        costs.insert(key.clone(), c);
+                    }
+                    let plan = cheapest_layers_plan(&costs[&key], k, *mode)?;
+                    let label = format!("calibrated:{k}");
+                    calibrated = Some(plan.layer_string(0));
+                    if !extra.iter().any(|(n, _)| n == &label) {
+                        extra.push((label.clone(), PlanSetup::Forced(plan)));
+                    }
+                    names.push(label);
+                }
                 baselines.insert(
                     name.clone(),
-                    serde_json::json!({"sparse_layers": k, "plans": names}),
+                    serde_json::json!({"sparse_layers": k, "plans": names, "calibrated_layers": calibrated,
+                        "calibration_samples": calibration.as_ref().map(Vec::len)}),
                 );
             }
             if !extra.is_empty() {
