@@ -132,6 +132,24 @@ fn suites_are_deterministic_fit_their_length_and_hide_every_needle_where_stated(
             }
             // Needles stay out of the last 2.5K tokens when the prompt allows (3.5K here),
             // i.e. in the first (3500 - 2560) / 3500 = 27 % of the text, plus the intro.
+            assert_eq!(
+                suite.has_needles(),
+                !matches!(suite, Suite::CommonWords | Suite::FrequentWords)
+            );
+            if suite == Suite::NiahSingleUuid {
+                let uuid = &t.answers[0];
+                assert_eq!(uuid.len(), 36, "{uuid}");
+                assert_eq!(uuid.matches('-').count(), 4, "{uuid}");
+            }
+            if suite == Suite::NiahMultiQuery {
+                assert_eq!(t.answers.len(), 4);
+                assert_eq!(
+                    t.question.matches('-').count(),
+                    4,
+                    "four keys asked: {}",
+                    t.question
+                );
+            }
             if suite == Suite::CommonWords {
                 // The ten answers are the most frequent entries of the list.
                 let mut counts = std::collections::HashMap::<&str, usize>::new();
@@ -152,6 +170,22 @@ fn suites_are_deterministic_fit_their_length_and_hide_every_needle_where_stated(
                     "{}: {least_common_answer} vs {most_other}",
                     t.id
                 );
+            } else if suite == Suite::FrequentWords {
+                // The three answers are the three most frequent coded words, in that order.
+                let mut counts = std::collections::HashMap::<&str, usize>::new();
+                for word in t.context.lines().nth(1).unwrap().split(' ') {
+                    *counts.entry(word).or_default() += 1;
+                }
+                let of = |a: &String| counts.get(a.as_str()).copied().unwrap_or(0);
+                assert!(of(&t.answers[0]) > of(&t.answers[1]));
+                assert!(of(&t.answers[1]) > of(&t.answers[2]));
+                let most_other = counts
+                    .iter()
+                    .filter(|(w, _)| !t.answers.iter().any(|a| a == *w))
+                    .map(|(_, c)| *c)
+                    .max()
+                    .unwrap();
+                assert!(of(&t.answers[2]) > most_other, "{}", t.id);
             } else if length == 3500 {
                 let first = t
                     .answers

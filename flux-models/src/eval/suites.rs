@@ -1,6 +1,7 @@
 //! Built-in RULER-style suites over a real haystack (Moby-Dick, which router training never
-//! sees): needles (single, multi-key, multi-value), variable tracking and common-words
-//! extraction (its words drawn from the haystack's vocabulary), in RULER's wording,
+//! sees): needles (single with number, word or UUID values, multi-key, multi-value,
+//! multi-query), variable tracking, common-words extraction (its words drawn from the
+//! haystack's vocabulary) and frequent-words extraction (coded words), in RULER's wording,
 //! sized in tokens of the model's own tokenizer through its chat template, deterministic for a
 //! seed.
 //!
@@ -20,40 +21,62 @@ use crate::tokenizer::Tokenizer;
 /// Tokens at the end of the haystack kept free of needles (sink + window and the question).
 const NEEDLE_FREE_TAIL: usize = 2560;
 
-/// A built-in suite.
+/// A built-in suite. The discriminants seed each sample: fixed, so that adding a suite leaves
+/// the others' files byte for byte as they were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Suite {
     /// One needle, one question (a 7-digit number).
-    NiahSingle,
+    NiahSingle = 0,
+    /// One needle whose value is a word of the haystack's vocabulary.
+    NiahSingleWord = 5,
+    /// One needle whose value is a UUID.
+    NiahSingleUuid = 6,
     /// Four needles under four keys; one is asked.
-    NiahMultiKey,
+    NiahMultiKey = 1,
     /// Four values under one key; all are asked.
-    NiahMultiValue,
+    NiahMultiValue = 2,
+    /// Four needles under four keys; all four keys are asked at once.
+    NiahMultiQuery = 7,
     /// A chain of five variables assigned one value; all names are asked.
-    VariableTracking,
+    VariableTracking = 3,
     /// A numbered list of words: the ten that appear most often are asked (aggregation).
-    CommonWords,
+    CommonWords = 4,
+    /// Coded words drawn from a Zipf distribution: the three most frequent are asked.
+    FrequentWords = 8,
 }
 
 impl Suite {
     /// Every suite.
-    pub const ALL: [Suite; 5] = [
+    pub const ALL: [Suite; 9] = [
         Suite::NiahSingle,
+        Suite::NiahSingleWord,
+        Suite::NiahSingleUuid,
         Suite::NiahMultiKey,
         Suite::NiahMultiValue,
+        Suite::NiahMultiQuery,
         Suite::VariableTracking,
         Suite::CommonWords,
+        Suite::FrequentWords,
     ];
 
-    /// The task name written in the files (`niah_single`, `niah_mk`, `niah_mv`, `vt`).
+    /// The task name written in the files (`niah_single`, `niah_mk`, `niah_mv`, `vt`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Suite::NiahSingle => "niah_single",
+            Suite::NiahSingleWord => "niah_single_word",
+            Suite::NiahSingleUuid => "niah_single_uuid",
             Suite::NiahMultiKey => "niah_mk",
             Suite::NiahMultiValue => "niah_mv",
+            Suite::NiahMultiQuery => "niah_mq",
             Suite::VariableTracking => "vt",
             Suite::CommonWords => "cwe",
+            Suite::FrequentWords => "fwe",
         }
+    }
+
+    /// Whether the suite hides needles in the haystack (the others fill the length with a list).
+    pub fn has_needles(self) -> bool {
+        !matches!(self, Suite::CommonWords | Suite::FrequentWords)
     }
 
     /// The suite called `name`.
@@ -72,8 +95,10 @@ impl Suite {
 
     fn max_new_tokens(self) -> usize {
         match self {
-            Suite::NiahSingle | Suite::NiahMultiKey => 32,
+            Suite::NiahSingle | Suite::NiahSingleWord | Suite::NiahMultiKey => 32,
+            Suite::NiahSingleUuid | Suite::FrequentWords => 50,
             Suite::NiahMultiValue | Suite::VariableTracking => 64,
+            Suite::NiahMultiQuery => 96,
             Suite::CommonWords => 120,
         }
     }
@@ -159,6 +184,30 @@ fn number(rng: &mut StdRng) -> String {
     rng.random_range(1_000_000..10_000_000u32).to_string()
 }
 
+fn uuid(rng: &mut StdRng) -> String {
+    let hex = |rng: &mut StdRng, n: usize| -> String {
+        (0..n)
+            .map(|_| char::from_digit(rng.random_range(0..16u32), 16).expect("a hex digit"))
+            .collect()
+    };
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex(rng, 8),
+        hex(rng, 4),
+        hex(rng, 4),
+        hex(rng, 4),
+        hex(rng, 12)
+    )
+}
+
+/// A word of 6-10 letters from the haystack's vocabulary.
+fn word(rng: &mut StdRng, words: &[String]) -> String {
+    let long: Vec<&String> = words.iter().filter(|w| w.len() >= 6).collect();
+    long.choose(rng)
+        .map(|w| w.to_string())
+        .unwrap_or_else(|| key(rng))
+}
+
 fn variable(rng: &mut StdRng) -> String {
     (0..5)
         .map(|_| char::from(b'A' + rng.random_range(0..26u8)))
@@ -167,7 +216,7 @@ fn variable(rng: &mut StdRng) -> String {
 
 /// What a sample hides and asks.
 struct Needles {
-    intro: &'static str,
+    intro: String,
     /// Inserted in this order at increasing depths.
     statements: Vec<String>,
     question: String,
@@ -175,23 +224,31 @@ struct Needles {
 }
 
 /// What a needle suite hides and asks (`None` for a suite without needles).
-fn needles(suite: Suite, rng: &mut StdRng) -> Option<Needles> {
-    const NIAH_INTRO: &str = "Some special magic numbers are hidden within the following text. Make sure to memorize it. I will quiz you about the numbers afterwards.";
+fn needles(suite: Suite, rng: &mut StdRng, words: &[String]) -> Option<Needles> {
+    let intro = |kind: &str| {
+        format!("Some special magic {kind}s are hidden within the following text. Make sure to memorize it. I will quiz you about the {kind}s afterwards.")
+    };
     let needle = |k: &str, v: &str| format!("One of the special magic numbers for {k} is: {v}.");
     Some(match suite {
-        Suite::CommonWords => return None,
-        Suite::NiahSingle => {
-            let (k, v) = (key(rng), number(rng));
+        Suite::CommonWords | Suite::FrequentWords => return None,
+        Suite::NiahSingle | Suite::NiahSingleWord | Suite::NiahSingleUuid => {
+            // The key first: niah_single's files stay as they were.
+            let k = key(rng);
+            let (kind, v) = match suite {
+                Suite::NiahSingleWord => ("word", word(rng, words)),
+                Suite::NiahSingleUuid => ("uuid", uuid(rng)),
+                _ => ("number", number(rng)),
+            };
             Needles {
-                intro: NIAH_INTRO,
-                statements: vec![needle(&k, &v)],
+                intro: intro(kind),
+                statements: vec![format!("One of the special magic {kind}s for {k} is: {v}.")],
                 question: format!(
-                    "What is the special magic number for {k} mentioned in the provided text?"
+                    "What is the special magic {kind} for {k} mentioned in the provided text?"
                 ),
                 answers: vec![v],
             }
         }
-        Suite::NiahMultiKey => {
+        Suite::NiahMultiKey | Suite::NiahMultiQuery => {
             let mut keys: Vec<String> = Vec::new();
             while keys.len() < 4 {
                 let k = key(rng);
@@ -200,26 +257,39 @@ fn needles(suite: Suite, rng: &mut StdRng) -> Option<Needles> {
                 }
             }
             let values: Vec<String> = (0..4).map(|_| number(rng)).collect();
-            let asked = rng.random_range(0..4);
-            Needles {
-                intro: NIAH_INTRO,
-                statements: keys
-                    .iter()
-                    .zip(&values)
-                    .map(|(k, v)| needle(k, v))
-                    .collect(),
-                question: format!(
-                    "What is the special magic number for {} mentioned in the provided text?",
-                    keys[asked]
-                ),
-                answers: vec![values[asked].clone()],
+            let statements = keys
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| needle(k, v))
+                .collect();
+            if suite == Suite::NiahMultiQuery {
+                Needles {
+                    intro: intro("number"),
+                    statements,
+                    question: format!(
+                        "What are all the special magic numbers for {}, {}, {} and {} mentioned in the provided text?",
+                        keys[0], keys[1], keys[2], keys[3]
+                    ),
+                    answers: values,
+                }
+            } else {
+                let asked = rng.random_range(0..4);
+                Needles {
+                    intro: intro("number"),
+                    statements,
+                    question: format!(
+                        "What is the special magic number for {} mentioned in the provided text?",
+                        keys[asked]
+                    ),
+                    answers: vec![values[asked].clone()],
+                }
             }
         }
         Suite::NiahMultiValue => {
             let k = key(rng);
             let values: Vec<String> = (0..4).map(|_| number(rng)).collect();
             Needles {
-                intro: NIAH_INTRO,
+                intro: intro("number"),
                 statements: values.iter().map(|v| needle(&k, v)).collect(),
                 question: format!(
                     "What are all the special magic numbers for {k} mentioned in the provided text?"
@@ -241,7 +311,7 @@ fn needles(suite: Suite, rng: &mut StdRng) -> Option<Needles> {
                 statements.push(format!("VAR {} = VAR {}.", w[1], w[0]));
             }
             Needles {
-                intro: "Memorize and track the chain(s) of variable assignment hidden in the following text.",
+                intro: "Memorize and track the chain(s) of variable assignment hidden in the following text.".into(),
                 statements,
                 question: format!(
                     "Find all variables that are assigned the value {value} in the text above."
@@ -281,6 +351,10 @@ pub fn make_suite(
                 tasks.push(common_words(haystack, tokenizer, length, i, &mut rng)?);
                 continue;
             }
+            if suite == Suite::FrequentWords {
+                tasks.push(frequent_words(tokenizer, length, i, &mut rng)?);
+                continue;
+            }
             tasks.push(sample(
                 suite, haystack, tokenizer, length, i, depth, &mut rng,
             )?);
@@ -298,7 +372,7 @@ fn sample(
     depth: f64,
     rng: &mut StdRng,
 ) -> Result<EvalTask> {
-    let n = needles(suite, rng).ok_or_else(|| ModelError::InvalidArgument {
+    let n = needles(suite, rng, &haystack.words).ok_or_else(|| ModelError::InvalidArgument {
         argument: "suite".into(),
         message: format!("{} has no needles", suite.name()),
     })?;
@@ -341,6 +415,10 @@ fn sample(
         1.0
     };
     let count = n.statements.len();
+    // The last sentence dropped for being over, and how many of its words end the text (a
+    // long sentence dropped whole can leave a short prompt well under the length).
+    let mut dropped: Option<&str> = None;
+    let mut tail_words = 0;
     loop {
         let total: usize = counts.iter().sum();
         // Statement j goes before the first sentence that starts at or after its depth (in
@@ -360,9 +438,42 @@ fn sample(
                 .unwrap_or(parts.len());
             parts.insert(at, statement.clone());
         }
+        let tail = |words: usize| -> String {
+            let all: Vec<&str> = dropped.unwrap_or("").split(' ').collect();
+            all[..words.min(all.len())].join(" ")
+        };
+        if tail_words > 0 {
+            parts.push(tail(tail_words));
+        }
         task.context = format!("{}\n{}", n.intro, parts.join(" "));
         let prompt = prompt_ids(tokenizer, &task)?.len();
-        if prompt <= length || chosen.len() <= 1 {
+        if prompt <= length && (prompt * 10 >= length * 9 || tail_words > 0) {
+            return Ok(task);
+        }
+        if prompt <= length {
+            let Some(sentence) = dropped else {
+                return Ok(task);
+            };
+            // Under 90 %: the most words of the dropped sentence that still fit end the text.
+            let base = task.context.clone();
+            let (mut lo, mut hi) = (0, sentence.split(' ').count());
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                task.context = format!("{base} {}", tail(mid));
+                if prompt_ids(tokenizer, &task)?.len() <= length {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            if lo == 0 {
+                task.context = base;
+                return Ok(task);
+            }
+            tail_words = lo;
+            continue;
+        }
+        if chosen.len() <= 1 {
             return Ok(task);
         }
         // Over (sentences merge differently once joined): drop sentences from the end until
@@ -370,7 +481,7 @@ fn sample(
         let mut over = prompt - length;
         while over > 0 && chosen.len() > 1 {
             over = over.saturating_sub(counts.pop().unwrap_or(0));
-            chosen.pop();
+            dropped = chosen.pop();
         }
     }
 }
@@ -450,6 +561,78 @@ fn common_words(
             message: format!("{length} tokens cannot hold a cwe sample"),
         });
     }
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if build(mid)? <= length {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    build(lo)?;
+    Ok(task)
+}
+
+/// RULER's frequent-words extraction: coded words (random letter strings, none inside
+/// another) drawn with Zipf frequencies (exponent 2) fill the length; the three most frequent
+/// are asked.
+fn frequent_words(
+    tokenizer: &Tokenizer,
+    length: usize,
+    index: usize,
+    rng: &mut StdRng,
+) -> Result<EvalTask> {
+    let mut vocab: Vec<String> = Vec::new();
+    while vocab.len() < 500 {
+        let len = rng.random_range(3..=7);
+        let w: String = (0..len)
+            .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+            .collect();
+        if !vocab
+            .iter()
+            .any(|v| v.contains(w.as_str()) || w.contains(v.as_str()))
+        {
+            vocab.push(w);
+        }
+    }
+    let weights: Vec<f64> = (0..vocab.len())
+        .map(|r| 1.0 / ((r + 1) as f64).powi(2))
+        .collect();
+    let total_weight: f64 = weights.iter().sum();
+    let mut task = EvalTask {
+        id: format!("fwe-{length}-{index}"),
+        task: "fwe".into(),
+        context: String::new(),
+        question: "Question: Do not provide any explanation. What are the three most frequently appeared words in the above coded text?".into(),
+        answers: vocab[..3].to_vec(),
+        max_new_tokens: Suite::FrequentWords.max_new_tokens(),
+        chat: true,
+        scoring: Scoring::MatchAll,
+    };
+    let shuffle_seed: u64 = rng.random();
+    // `words` words in all, each rank `r` `floor(words * w_r / sum w)` times.
+    let mut build = |words: usize| -> Result<usize> {
+        let mut entries: Vec<&str> = Vec::new();
+        for (w, weight) in vocab.iter().zip(&weights) {
+            let n = (words as f64 * weight / total_weight).floor() as usize;
+            entries.extend(std::iter::repeat_n(w.as_str(), n));
+        }
+        entries.shuffle(&mut StdRng::seed_from_u64(shuffle_seed));
+        task.context = format!(
+            "Read the following coded text and track the frequency of each coded word. Find the three most frequently appeared coded words.\n{}",
+            entries.join(" ")
+        );
+        Ok(prompt_ids(tokenizer, &task)?.len())
+    };
+    // Below about 60 words the third and fourth ranks can tie.
+    const FEWEST: usize = 60;
+    if build(FEWEST)? > length {
+        return Err(ModelError::InvalidArgument {
+            argument: "lengths".into(),
+            message: format!("{length} tokens cannot hold an fwe sample"),
+        });
+    }
+    let (mut lo, mut hi) = (FEWEST, length * 2);
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
         if build(mid)? <= length {
