@@ -152,40 +152,21 @@ fn suites_are_deterministic_fit_their_length_and_hide_every_needle_where_stated(
             }
             if suite == Suite::CommonWords {
                 // The ten answers are the most frequent entries of the list.
-                let mut counts = std::collections::HashMap::<&str, usize>::new();
-                for line in t.context.lines().skip(1) {
-                    let word = line.split_once(". ").unwrap().1;
-                    *counts.entry(word).or_default() += 1;
-                }
-                let least_common_answer =
-                    t.answers.iter().map(|a| counts[a.as_str()]).min().unwrap();
-                let most_other = counts
-                    .iter()
-                    .filter(|(w, _)| !t.answers.iter().any(|a| a == *w))
-                    .map(|(_, c)| *c)
-                    .max()
-                    .unwrap();
-                assert!(
-                    least_common_answer > most_other,
-                    "{}: {least_common_answer} vs {most_other}",
-                    t.id
-                );
+                let words = t
+                    .context
+                    .lines()
+                    .skip(1)
+                    .map(|l| l.split_once(". ").unwrap().1);
+                assert_answers_are_the_most_frequent(&t.id, words, &t.answers);
             } else if suite == Suite::FrequentWords {
                 // The three answers are the three most frequent coded words, in that order.
-                let mut counts = std::collections::HashMap::<&str, usize>::new();
-                for word in t.context.lines().nth(1).unwrap().split(' ') {
-                    *counts.entry(word).or_default() += 1;
-                }
-                let of = |a: &String| counts.get(a.as_str()).copied().unwrap_or(0);
-                assert!(of(&t.answers[0]) > of(&t.answers[1]));
-                assert!(of(&t.answers[1]) > of(&t.answers[2]));
-                let most_other = counts
-                    .iter()
-                    .filter(|(w, _)| !t.answers.iter().any(|a| a == *w))
-                    .map(|(_, c)| *c)
-                    .max()
-                    .unwrap();
-                assert!(of(&t.answers[2]) > most_other, "{}", t.id);
+                let words = t.context.lines().nth(1).unwrap().split(' ');
+                let counts = assert_answers_are_the_most_frequent(&t.id, words, &t.answers);
+                assert!(
+                    counts[0] > counts[1] && counts[1] > counts[2],
+                    "{}: {counts:?}",
+                    t.id
+                );
             } else if length == 3500 {
                 let first = t
                     .answers
@@ -199,4 +180,30 @@ fn suites_are_deterministic_fit_their_length_and_hide_every_needle_where_stated(
         }
     }
     assert!(Suite::from_name("nope").is_err());
+}
+
+/// Asserts that every answer occurs more often among `words` than any other word; returns
+/// the answers' counts.
+fn assert_answers_are_the_most_frequent<'a>(
+    id: &str,
+    words: impl Iterator<Item = &'a str>,
+    answers: &[String],
+) -> Vec<usize> {
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    for w in words {
+        *counts.entry(w).or_default() += 1;
+    }
+    let of_answers: Vec<usize> = answers
+        .iter()
+        .map(|a| counts.get(a.as_str()).copied().unwrap_or(0))
+        .collect();
+    let most_other = counts
+        .iter()
+        .filter(|(w, _)| !answers.iter().any(|a| a == *w))
+        .map(|(_, c)| *c)
+        .max()
+        .unwrap_or(0);
+    let least = of_answers.iter().copied().min().unwrap_or(0);
+    assert!(least > most_other, "{id}: {least} vs {most_other}");
+    of_answers
 }

@@ -187,6 +187,41 @@ impl Args {
         }
     }
 
+    /// Writes `routers` to `--out` and `<out>.manifest.json` beside it: what every router file
+    /// says (file, sha256, dtype, model, meta, commit), then `details`. Returns the manifest's
+    /// path.
+    fn write_routers<B: burn::tensor::backend::Backend>(
+        &self,
+        routers: &flux_router::RouterSet<B>,
+        meta: &flux_router::RouterMeta,
+        details: serde_json::Value,
+    ) -> Result<PathBuf> {
+        if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+        }
+        routers
+            .save_as(meta, &self.out, self.router_dtype())
+            .with_context(|| format!("writing {}", self.out.display()))?;
+        let mut manifest = serde_json::json!({
+            "router_file": self.out.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "router_sha256": sha256_of(&self.out)?,
+            "router_dtype": self.router_dtype,
+            "model": self.model.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "router_meta": meta,
+            // At run time, else as built (`FLUX_COMMIT=$(git rev-parse --short HEAD) cargo build`).
+            "commit": commit(),
+        });
+        if let (Some(all), serde_json::Value::Object(more)) = (manifest.as_object_mut(), details) {
+            all.extend(more);
+        }
+        let manifest_path = self.out.with_extension("manifest.json");
+        flux_models::training::write_atomically(
+            &manifest_path,
+            serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        )?;
+        Ok(manifest_path)
+    }
+
     /// `--export`: the routers of the run's newest checkpoint, written to `--out`.
     fn export_checkpoint<B: AttentionBackend>(&self) -> Result<()> {
         let dir = self.resume.clone().context("--export needs --resume DIR")?;
@@ -197,32 +232,19 @@ impl Args {
         let meta = loaded
             .model
             .router_meta(run.config.sparse_mode, run.config.pool_tokens);
-        if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-        }
-        routers
-            .save_as(&meta, &self.out, self.router_dtype())
-            .with_context(|| format!("writing {}", self.out.display()))?;
-        let manifest = serde_json::json!({
-            "router_file": self.out.file_name().map(|n| n.to_string_lossy().into_owned()),
-            "router_sha256": sha256_of(&self.out)?,
-            "router_dtype": self.router_dtype,
-            "model": self.model.file_name().map(|n| n.to_string_lossy().into_owned()),
-            "router_meta": meta,
-            "exported_from": dir.display().to_string(),
-            "train_data_sha256": run.train_data_sha256,
-            "train_samples": run.train_samples,
-            "config": run.config,
-            "completed": epochs >= run.config.epochs(),
-            "checkpoint_intervals_done": epochs,
-            "steps_done": epochs * run.config.checkpoint_every,
-            "final_validation": last_valid_metrics(&dir.join("metrics.jsonl")),
-            "commit": commit(),
-        });
-        let manifest_path = self.out.with_extension("manifest.json");
-        flux_models::training::write_atomically(
-            &manifest_path,
-            serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        let manifest_path = self.write_routers(
+            &routers,
+            &meta,
+            serde_json::json!({
+                "exported_from": dir.display().to_string(),
+                "train_data_sha256": run.train_data_sha256,
+                "train_samples": run.train_samples,
+                "config": run.config,
+                "completed": epochs >= run.config.epochs(),
+                "checkpoint_intervals_done": epochs,
+                "steps_done": epochs * run.config.checkpoint_every,
+                "final_validation": last_valid_metrics(&dir.join("metrics.jsonl")),
+            }),
         )?;
         eprintln!(
             "wrote {} and {}: the routers of checkpoint interval {epochs} ({} steps) of {}",
@@ -317,47 +339,32 @@ impl AutodiffTask for Args {
             display,
         )?;
         let seconds = start.elapsed().as_secs_f64();
-        if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-        }
-        outcome
-            .routers
-            .save_as(&meta, &self.out, self.router_dtype())
-            .with_context(|| format!("writing {}", self.out.display()))?;
         let last_valid = last_valid_metrics(&dir.join("metrics.jsonl"));
-        let manifest = serde_json::json!({
-            "router_file": self.out.file_name().map(|n| n.to_string_lossy().into_owned()),
-            "router_sha256": sha256_of(&self.out)?,
-            "router_dtype": self.router_dtype,
-            "model": self.model.file_name().map(|n| n.to_string_lossy().into_owned()),
-            "router_meta": meta,
-            "data": data.display().to_string(),
-            "train_data_sha256": data_sha,
-            "data_manifest": std::fs::read_to_string(data.join("manifest.json")).ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
-            "train_samples": n_train,
-            "valid_samples": n_valid,
-            "config": RunManifest::read(&dir).ok().map(|m| m.config),
-            "completed": outcome.completed,
-            "checkpoint_intervals_done": outcome.epochs_done,
-            "steps_done": outcome.epochs_done * config.checkpoint_every,
-            "steps_run_by_this_call": outcome.steps_run,
-            "resumed_from_checkpoint_interval": outcome.resumed_from_epoch,
-            "seconds_of_this_call": seconds,
-            "devices": self.devices,
-            "tokens_trained_by_this_call": outcome.tokens_trained,
-            "training_loop_seconds": outcome.seconds,
-            "tokens_per_second": outcome.tokens_trained as f64 / outcome.seconds.max(1e-9),
-            "backend": self.backend.to_string(),
-            // At run time, else as built (`FLUX_COMMIT=$(git rev-parse --short HEAD) cargo build`).
-            "commit": commit(),
-            "final_multipliers": {"lambda1": outcome.multipliers.0, "lambda2": outcome.multipliers.1},
-            "final_validation": last_valid,
-        });
-        let manifest_path = self.out.with_extension("manifest.json");
-        flux_models::training::write_atomically(
-            &manifest_path,
-            serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        let manifest_path = self.write_routers(
+            &outcome.routers,
+            &meta,
+            serde_json::json!({
+                "data": data.display().to_string(),
+                "train_data_sha256": data_sha,
+                "data_manifest": std::fs::read_to_string(data.join("manifest.json")).ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
+                "train_samples": n_train,
+                "valid_samples": n_valid,
+                "config": RunManifest::read(&dir).ok().map(|m| m.config),
+                "completed": outcome.completed,
+                "checkpoint_intervals_done": outcome.epochs_done,
+                "steps_done": outcome.epochs_done * config.checkpoint_every,
+                "steps_run_by_this_call": outcome.steps_run,
+                "resumed_from_checkpoint_interval": outcome.resumed_from_epoch,
+                "seconds_of_this_call": seconds,
+                "devices": self.devices,
+                "tokens_trained_by_this_call": outcome.tokens_trained,
+                "training_loop_seconds": outcome.seconds,
+                "tokens_per_second": outcome.tokens_trained as f64 / outcome.seconds.max(1e-9),
+                "backend": self.backend.to_string(),
+                "final_multipliers": {"lambda1": outcome.multipliers.0, "lambda2": outcome.multipliers.1},
+                "final_validation": last_valid,
+            }),
         )?;
         if !outcome.completed {
             eprintln!(

@@ -456,16 +456,10 @@ fn sample(
             };
             // Under 90 %: the most words of the dropped sentence that still fit end the text.
             let base = task.context.clone();
-            let (mut lo, mut hi) = (0, sentence.split(' ').count());
-            while lo < hi {
-                let mid = (lo + hi).div_ceil(2);
-                task.context = format!("{base} {}", tail(mid));
-                if prompt_ids(tokenizer, &task)?.len() <= length {
-                    lo = mid;
-                } else {
-                    hi = mid - 1;
-                }
-            }
+            let lo = most_that_fit(0, sentence.split(' ').count(), |words| {
+                task.context = format!("{base} {}", tail(words));
+                Ok(prompt_ids(tokenizer, &task)?.len() <= length)
+            })?;
             if lo == 0 {
                 task.context = base;
                 return Ok(task);
@@ -554,23 +548,33 @@ fn common_words(
         Ok(prompt_ids(tokenizer, &task)?.len())
     };
     // The most other words that fit (prompt length grows with their number).
-    let (mut lo, mut hi) = (0, rest.len());
     if build(0)? > length {
         return Err(ModelError::InvalidArgument {
             argument: "lengths".into(),
             message: format!("{length} tokens cannot hold a cwe sample"),
         });
     }
+    let others = most_that_fit(0, rest.len(), |n| Ok(build(n)? <= length))?;
+    build(others)?;
+    Ok(task)
+}
+
+/// The largest `n` in `lo..=hi` for which `fits(n)` holds, `fits` being monotone (true up to
+/// some `n`, false after) and `fits(lo)` true; `lo` when none above it fits.
+fn most_that_fit(
+    mut lo: usize,
+    mut hi: usize,
+    mut fits: impl FnMut(usize) -> Result<bool>,
+) -> Result<usize> {
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        if build(mid)? <= length {
+        if fits(mid)? {
             lo = mid;
         } else {
             hi = mid - 1;
         }
     }
-    build(lo)?;
-    Ok(task)
+    Ok(lo)
 }
 
 /// RULER's frequent-words extraction: coded words (random letter strings, none inside
@@ -632,15 +636,7 @@ fn frequent_words(
             message: format!("{length} tokens cannot hold an fwe sample"),
         });
     }
-    let (mut lo, mut hi) = (FEWEST, length * 2);
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if build(mid)? <= length {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    build(lo)?;
+    let words = most_that_fit(FEWEST, length * 2, |n| Ok(build(n)? <= length))?;
+    build(words)?;
     Ok(task)
 }

@@ -104,10 +104,13 @@ impl<B: Backend> RouterLoader<B> {
     /// `(device, devices)` when the share is one of `devices` equal slices of the epoch.
     fn device_slot(&self) -> Option<(usize, usize)> {
         let len = self.share.len();
-        if len == 0 || len == self.items_per_epoch || self.items_per_epoch % len != 0 {
+        if len == 0 || len == self.items_per_epoch || !self.items_per_epoch.is_multiple_of(len) {
             return None;
         }
-        (self.share.start % len == 0).then(|| (self.share.start / len, self.items_per_epoch / len))
+        self.share
+            .start
+            .is_multiple_of(len)
+            .then(|| (self.share.start / len, self.items_per_epoch / len))
     }
 
     /// Device `device`'s share of `order` (the whole epoch): for each micro-batch index `k`,
