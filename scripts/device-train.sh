@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (benches/RESULTS.md says how it was used): trains routers with the
-# binaries carried in .bin/ (gzip'd) on router data, then writes the router report, the
-# training log, the GPU memory trace and the step log into $OUT.
+# binaries carried in .bin/ (gzip'd) on router data, then writes the router file and its
+# manifest into $OUT, with the training log, the GPU memory trace, the step log and run.json
+# in one archive, logs-NAME.tgz.
 #
 #   scripts/device-train.sh MODEL DATA_DIR NAME [train_router flags...]
 #
@@ -38,4 +39,8 @@ cp "$run/metrics.jsonl" "$out/metrics-$name.jsonl" 2>/dev/null || true
 cp "$run/run.json" "$out/run-$name.json" 2>/dev/null || true
 # Peak memory per GPU (index, MiB).
 sort -t, -k1,1n -k2,2n "$out/mem-$name.csv" | awk -F', ' '{peak[$1]=$2} END {for (g in peak) print "peak GPU " g " memory MiB: " peak[g]}'
+# A call brings back about eight files of at most about 10 MB each: the logs travel as one
+# archive, beside the router file and its manifest.
+( cd "$out" && tar czf "logs-$name.tgz" "train-$name.log" "mem-$name.csv" "metrics-$name.jsonl" "run-$name.json" 2>/dev/null \
+    && rm -f "train-$name.log" "mem-$name.csv" "metrics-$name.jsonl" "run-$name.json" ) || true
 exit "$status"
