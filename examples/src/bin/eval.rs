@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["tasks", "make_suite", "model"])]
     plots_from: Option<PathBuf>,
     /// Write a built-in suite (niah_single, niah_single_word, niah_single_uuid, niah_mk, niah_mv,
-    /// niah_mq, vt, cwe, fwe) to --out (a .jsonl file), sized
+    /// niah_mq, vt, cwe, fwe, qa_chapter) to --out (a .jsonl file), sized
     /// with --model's tokenizer, instead of evaluating.
     #[arg(long)]
     make_suite: Option<String>,

@@ -1,7 +1,8 @@
 //! Built-in RULER-style suites over a real haystack (Moby-Dick, which router training never
 //! sees): needles (single with number, word or UUID values, multi-key, multi-value,
 //! multi-query), variable tracking, common-words extraction (its words drawn from the
-//! haystack's vocabulary) and frequent-words extraction (coded words), in RULER's wording,
+//! haystack's vocabulary), frequent-words extraction (coded words) and a question whose answer
+//! sits in the document itself (a chapter's title), in RULER's wording where RULER has one,
 //! sized in tokens of the model's own tokenizer through its chat template, deterministic for a
 //! seed.
 //!
@@ -43,11 +44,14 @@ pub enum Suite {
     CommonWords = 4,
     /// Coded words drawn from a Zipf distribution: the three most frequent are asked.
     FrequentWords = 8,
+    /// QA over the real document: an excerpt of several chapters; the title of one whose
+    /// heading lies beyond a sink + window's reach from the question is asked.
+    ChapterTitle = 9,
 }
 
 impl Suite {
     /// Every suite.
-    pub const ALL: [Suite; 9] = [
+    pub const ALL: [Suite; 10] = [
         Suite::NiahSingle,
         Suite::NiahSingleWord,
         Suite::NiahSingleUuid,
@@ -57,6 +61,7 @@ impl Suite {
         Suite::VariableTracking,
         Suite::CommonWords,
         Suite::FrequentWords,
+        Suite::ChapterTitle,
     ];
 
     /// The task name written in the files (`niah_single`, `niah_mk`, `niah_mv`, `vt`, ...).
@@ -71,12 +76,8 @@ impl Suite {
             Suite::VariableTracking => "vt",
             Suite::CommonWords => "cwe",
             Suite::FrequentWords => "fwe",
+            Suite::ChapterTitle => "qa_chapter",
         }
-    }
-
-    /// Whether the suite hides needles in the haystack (the others fill the length with a list).
-    pub fn has_needles(self) -> bool {
-        !matches!(self, Suite::CommonWords | Suite::FrequentWords)
     }
 
     /// The suite called `name`.
@@ -95,7 +96,10 @@ impl Suite {
 
     fn max_new_tokens(self) -> usize {
         match self {
-            Suite::NiahSingle | Suite::NiahSingleWord | Suite::NiahMultiKey => 32,
+            Suite::NiahSingle
+            | Suite::NiahSingleWord
+            | Suite::NiahMultiKey
+            | Suite::ChapterTitle => 32,
             Suite::NiahSingleUuid | Suite::FrequentWords => 50,
             Suite::NiahMultiValue | Suite::VariableTracking => 64,
             Suite::NiahMultiQuery => 96,
@@ -230,7 +234,7 @@ fn needles(suite: Suite, rng: &mut StdRng, words: &[String]) -> Option<Needles> 
     };
     let needle = |k: &str, v: &str| format!("One of the special magic numbers for {k} is: {v}.");
     Some(match suite {
-        Suite::CommonWords | Suite::FrequentWords => return None,
+        Suite::CommonWords | Suite::FrequentWords | Suite::ChapterTitle => return None,
         Suite::NiahSingle | Suite::NiahSingleWord | Suite::NiahSingleUuid => {
             // The key first: niah_single's files stay as they were.
             let k = key(rng);
@@ -353,6 +357,12 @@ pub fn make_suite(
             }
             if suite == Suite::FrequentWords {
                 tasks.push(frequent_words(tokenizer, length, i, &mut rng)?);
+                continue;
+            }
+            if suite == Suite::ChapterTitle {
+                tasks.push(chapter_title(
+                    haystack, tokenizer, length, i, depth, &mut rng,
+                )?);
                 continue;
             }
             tasks.push(sample(
@@ -638,5 +648,97 @@ fn frequent_words(
     }
     let words = most_that_fit(FEWEST, length * 2, |n| Ok(build(n)? <= length))?;
     build(words)?;
+    Ok(task)
+}
+
+/// QA whose answer sits in the real document: an excerpt of the haystack holding chapter
+/// headings (`CHAPTER N.` then the title), filled to the length; the title of chapter N is
+/// asked, N chosen so that its heading lies at `depth` of the part a sink + window cannot see
+/// from the question.
+fn chapter_title(
+    haystack: &Haystack,
+    tokenizer: &Tokenizer,
+    length: usize,
+    index: usize,
+    depth: f64,
+    rng: &mut StdRng,
+) -> Result<EvalTask> {
+    let sentences = &haystack.sentences;
+    let heading =
+        |s: &str| -> Option<usize> { s.strip_prefix("CHAPTER ")?.strip_suffix('.')?.parse().ok() };
+    let headings: Vec<usize> = (0..sentences.len().saturating_sub(1))
+        .filter(|&i| heading(&sentences[i]).is_some())
+        .collect();
+    let Some(&h) = headings.choose(rng) else {
+        return Err(ModelError::InvalidArgument {
+            argument: "haystack".into(),
+            message: "no `CHAPTER N.` heading: the qa_chapter suite needs a text in chapters"
+                .into(),
+        });
+    };
+    let number = heading(&sentences[h]).expect("a heading");
+    let title = sentences[h + 1].trim_end_matches('.').to_string();
+    let mut task = EvalTask {
+        id: format!("qa_chapter-{length}-{index}"),
+        task: "qa_chapter".into(),
+        context: String::new(),
+        question: format!(
+            "What is the title of chapter {number} in the text above? Answer with the title only."
+        ),
+        answers: vec![title],
+        max_new_tokens: Suite::ChapterTitle.max_new_tokens(),
+        chat: true,
+        scoring: Scoring::MatchAll,
+    };
+    const INTRO: &str =
+        "Below is an excerpt of a novel, in chapters. Read it: I will ask you about it afterwards.";
+    task.context = INTRO.into();
+    let overhead = prompt_ids(tokenizer, &task)?.len();
+    if overhead + 64 > length {
+        return Err(ModelError::InvalidArgument {
+            argument: "lengths".into(),
+            message: format!("{length} tokens cannot hold a qa_chapter sample"),
+        });
+    }
+    let budget = length - overhead;
+    let reachable = if budget > NEEDLE_FREE_TAIL + 256 {
+        (budget - NEEDLE_FREE_TAIL) as f64 / budget as f64
+    } else {
+        1.0
+    };
+    // Back from the heading until `depth` of the reachable part lies before it.
+    let before = (depth * reachable * budget as f64) as usize;
+    let (mut start, mut tokens) = (h, 0);
+    while start > 0 && tokens < before {
+        start -= 1;
+        tokens += tokenizer.encode(&sentences[start], false)?.len() + 1;
+    }
+    let text = |n: usize, words: usize| -> String {
+        let mut parts: Vec<String> = (start..start + n)
+            .map(|i| sentences[i % sentences.len()].clone())
+            .collect();
+        if words > 0 {
+            let next = &sentences[(start + n) % sentences.len()];
+            parts.push(next.split(' ').take(words).collect::<Vec<_>>().join(" "));
+        }
+        format!("{INTRO}\n{}", parts.join(" "))
+    };
+    // The most whole sentences that fit (the heading and title at least), then the most words
+    // of the next one.
+    let fewest = h - start + 2;
+    let mut fits = |n: usize, words: usize| -> Result<bool> {
+        task.context = text(n, words);
+        Ok(prompt_ids(tokenizer, &task)?.len() <= length)
+    };
+    if !fits(fewest, 0)? {
+        return Err(ModelError::InvalidArgument {
+            argument: "lengths".into(),
+            message: format!("{length} tokens cannot hold chapter {number}'s heading"),
+        });
+    }
+    let n = most_that_fit(fewest, budget, |n| fits(n, 0))?;
+    let next_words = sentences[(start + n) % sentences.len()].split(' ').count();
+    let words = most_that_fit(0, next_words, |w| fits(n, w))?;
+    task.context = text(n, words);
     Ok(task)
 }
