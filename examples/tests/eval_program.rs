@@ -12,6 +12,31 @@ fn models_dir() -> PathBuf {
         })
 }
 
+/// The SmolLM2 GGUF of scripts/fetch-models.sh.
+fn smollm2() -> String {
+    let model = models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        model.display()
+    );
+    model.to_str().unwrap().to_string()
+}
+
+/// Asserts that `out` is a success (its stderr otherwise).
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `dir/summary.json`.
+fn read_summary(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
 fn eval(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_eval"))
         .args(args)
@@ -21,13 +46,8 @@ fn eval(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn eval_writes_a_suite_then_results_and_tables() {
-    let model = models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        model.display()
-    );
-    let model = model.to_str().unwrap();
+    let model = smollm2();
+    let model = model.as_str();
     let dir = std::env::temp_dir().join(format!("flux-eval-program-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -50,11 +70,7 @@ fn eval_writes_a_suite_then_results_and_tables() {
         ])
     };
     let out = make(suite_s);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let again = dir.join("again.jsonl");
     assert!(make(again.to_str().unwrap()).status.success());
     assert_eq!(
@@ -89,11 +105,7 @@ fn eval_writes_a_suite_then_results_and_tables() {
         "--out",
         results.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let samples = std::fs::read_to_string(results.join("samples.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = samples
         .lines()
@@ -112,9 +124,7 @@ fn eval_writes_a_suite_then_results_and_tables() {
         "{table}"
     );
     assert!(table.contains("| vt | 1024 | 1 |"), "{table}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap())
-            .unwrap();
+    let summary: serde_json::Value = read_summary(&results);
     assert_eq!(summary["rows"].as_array().unwrap().len(), 2);
     for plot in [
         "accuracy-vs-length.png",
@@ -168,14 +178,8 @@ fn eval_writes_a_suite_then_results_and_tables() {
         "--out",
         results.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap())
-            .unwrap();
+    assert_ok(&out);
+    let summary: serde_json::Value = read_summary(&results);
     let skipped = summary["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), 1);
     assert!(skipped[0].as_str().unwrap().contains("too-long"));
@@ -188,13 +192,8 @@ fn eval_writes_a_suite_then_results_and_tables() {
 fn baselines_follow_a_router_with_its_number_of_sparse_layers_and_a_calibrated_plan() {
     use flux_models::router_data::{write_split, RouterSample};
     use flux_router::TaskCategory;
-    let model = models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        model.display()
-    );
-    let model = model.to_str().unwrap();
+    let model = smollm2();
+    let model = model.as_str();
     let router = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../routers/smollm2-135m-instruct/routers.safetensors");
     let dir = std::env::temp_dir().join(format!("flux-eval-baselines-{}", std::process::id()));
@@ -213,11 +212,7 @@ fn baselines_follow_a_router_with_its_number_of_sparse_layers_and_a_calibrated_p
         "--out",
         suite.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     // A calibration set of one short sample (ids inside SmolLM2's vocabulary).
     let calibration = dir.join("calibration");
     std::fs::create_dir_all(&calibration).unwrap();
@@ -247,14 +242,8 @@ fn baselines_follow_a_router_with_its_number_of_sparse_layers_and_a_calibrated_p
         "--out",
         results.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap())
-            .unwrap();
+    assert_ok(&out);
+    let summary: serde_json::Value = read_summary(&results);
     let baseline = &summary["baselines"]["router:routers.safetensors"];
     // The router keeps 21 of 30 layers sparse for every prompt (its manifest).
     assert_eq!(baseline["sparse_layers"], 21);

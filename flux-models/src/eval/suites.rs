@@ -22,6 +22,16 @@ use crate::tokenizer::Tokenizer;
 /// Tokens at the end of the haystack kept free of needles (sink + window and the question).
 const NEEDLE_FREE_TAIL: usize = 2560;
 
+/// The share of a `budget`-token haystack where needles go: all of it but the last
+/// `NEEDLE_FREE_TAIL` tokens when the budget allows, else all of it.
+fn reachable_share(budget: usize) -> f64 {
+    if budget > NEEDLE_FREE_TAIL + 256 {
+        (budget - NEEDLE_FREE_TAIL) as f64 / budget as f64
+    } else {
+        1.0
+    }
+}
+
 /// A built-in suite. The discriminants seed each sample: fixed, so that adding a suite leaves
 /// the others' files byte for byte as they were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,11 +429,7 @@ fn sample(
         k += 1;
     }
     // Needles at increasing depths within the part a sink + window cannot see from the end.
-    let reachable = if budget > NEEDLE_FREE_TAIL + 256 {
-        (budget - NEEDLE_FREE_TAIL) as f64 / budget as f64
-    } else {
-        1.0
-    };
+    let reachable = reachable_share(budget);
     let count = n.statements.len();
     // The last sentence dropped for being over, and how many of its words end the text (a
     // long sentence dropped whole can leave a short prompt well under the length).
@@ -701,11 +707,7 @@ fn chapter_title(
         });
     }
     let budget = length - overhead;
-    let reachable = if budget > NEEDLE_FREE_TAIL + 256 {
-        (budget - NEEDLE_FREE_TAIL) as f64 / budget as f64
-    } else {
-        1.0
-    };
+    let reachable = reachable_share(budget);
     // Back from the heading until `depth` of the reachable part lies before it.
     let before = (depth * reachable * budget as f64) as usize;
     let (mut start, mut tokens) = (h, 0);
