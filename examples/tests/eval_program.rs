@@ -283,3 +283,74 @@ fn baselines_follow_a_router_with_its_number_of_sparse_layers_and_a_calibrated_p
     assert_eq!(layers_of("fraction:0.700").matches('S').count(), 21);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The short-math suite from the problem files of scripts/fetch-models.sh: every one of the 100
+/// problems becomes a task whose gold answer is the number after `####` of its worked solution
+/// (read here with a plain line search, not the library's TOML reader), in file order for seed
+/// 0, shuffled but the same set for another seed.
+#[test]
+fn math_suite_asks_every_gsm_problem_with_its_gold_number() {
+    let problems = models_dir().join("texts/gsm-symbolic-eng");
+    assert!(problems.is_dir(), "{} is missing: run scripts/fetch-models.sh", problems.display());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&problems)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 100);
+    let gold: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            let line = text.lines().find(|l| l.starts_with("#### ")).unwrap();
+            line[5..].trim().replace(',', "")
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("flux-eval-math-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let read = |seed: &str| -> Vec<serde_json::Value> {
+        let out = dir.join(format!("math-{seed}.jsonl"));
+        let run = eval(&[
+            "--make-suite",
+            "math_gsm",
+            "--seed",
+            seed,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_ok(&run);
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let tasks = read("0");
+    assert_eq!(tasks.len(), 100);
+    for (task, want) in tasks.iter().zip(&gold) {
+        assert_eq!(task["answers"][0].as_str().unwrap(), want);
+        assert_eq!(task["scoring"], "last_number");
+        assert_eq!(task["task"], "math_gsm");
+    }
+    let first = std::fs::read_to_string(&files[0]).unwrap();
+    let question = task_question_line(&first);
+    assert!(tasks[0]["question"].as_str().unwrap().ends_with(&question));
+    let shuffled = read("3");
+    let ids = |t: &[serde_json::Value]| {
+        let mut ids: Vec<String> = t.iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+        let order = ids.clone();
+        ids.sort();
+        (order, ids)
+    };
+    let (order0, set0) = ids(&tasks);
+    let (order3, set3) = ids(&shuffled);
+    assert_eq!(set0, set3);
+    assert_ne!(order0, order3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The `question = "..."` value of a problem file (one line, as the package writes it).
+fn task_question_line(toml: &str) -> String {
+    let line = toml.lines().find(|l| l.starts_with("question = \"")).unwrap();
+    line["question = \"".len()..line.len() - 1].replace("\\\"", "\"")
+}

@@ -16,8 +16,9 @@ use flux_examples::eval_plots::{draw_plots, EvalSummary};
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::eval::{
-    evaluate_task, make_suite, prompt_ids, read_tasks, summarize, summary_markdown, write_tasks,
-    EvalTask, Haystack, MalformedLines, SampleResult, Suite, SuiteConfig,
+    evaluate_task, make_math_suite, make_suite, prompt_ids, read_math_problems, read_tasks, summarize,
+    summary_markdown, write_tasks, EvalTask, Haystack, MalformedLines, SampleResult, Suite,
+    SuiteConfig, MATH_SUITE,
 };
 use flux_models::router_data::{read_split, RouterSample};
 use flux_models::training::{cheapest_layers_plan, layer_sparsification_costs};
@@ -30,7 +31,7 @@ use sha2::{Digest, Sha256};
 #[derive(Parser, Clone)]
 struct Args {
     /// Model folder (config.json, *.safetensors, tokenizer.json) or GGUF file.
-    #[arg(long, required_unless_present = "plots_from")]
+    #[arg(long, required_unless_present_any = ["plots_from", "make_suite"])]
     model: Option<PathBuf>,
     /// Task file (JSON lines).
     #[arg(long, required_unless_present_any = ["make_suite", "plots_from"])]
@@ -41,16 +42,20 @@ struct Args {
     plots_from: Option<PathBuf>,
     /// Write a built-in suite (niah_single, niah_single_word, niah_single_uuid, niah_mk, niah_mv,
     /// niah_mq, vt, cwe, fwe, qa_chapter) to --out (a .jsonl file), sized
-    /// with --model's tokenizer, instead of evaluating.
+    /// with --model's tokenizer, instead of evaluating; or math_gsm, the short-math suite
+    /// (GSM8K problems; no model or lengths needed).
     #[arg(long)]
     make_suite: Option<String>,
+    /// Problem files of math_gsm (default: texts/gsm-symbolic-eng from scripts/fetch-models.sh).
+    #[arg(long, value_name = "DIR")]
+    math_dir: Option<PathBuf>,
     /// Haystack text of --make-suite (default: Moby-Dick from scripts/fetch-models.sh).
     #[arg(long)]
     haystack: Option<PathBuf>,
     /// Prompt lengths in tokens of --make-suite.
     #[arg(long, value_delimiter = ',', default_value = "4096,8192")]
     lengths: Vec<usize>,
-    /// Seed of --make-suite.
+    /// Seed of --make-suite (math_gsm: 0 keeps the problems' order, others shuffle it).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// A forced plan to evaluate (repeatable): all-full, all-sparse, first:K, last:K,
@@ -61,7 +66,7 @@ struct Args {
     #[arg(long = "router")]
     routers: Vec<PathBuf>,
     /// At most this many samples of each task (the first ones of the file); with
-    /// --make-suite, the samples per length (default 20).
+    /// --make-suite, the samples per length (default 20; math_gsm: all 100).
     #[arg(long)]
     samples: Option<usize>,
     /// After the plans and routers, run static plans with as many sparse layers as each router
@@ -434,46 +439,59 @@ impl BackendTask for Args {
     }
 }
 
+/// The cache of `scripts/fetch-models.sh` (`$FLUX_MODELS_DIR`, else ~/.cache/flux-models).
+fn models_cache() -> PathBuf {
+    match std::env::var_os("FLUX_MODELS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/flux-models"),
+    }
+}
+
 /// `--make-suite`: the suite's tasks, sized with the model's tokenizer, written to `--out`.
 fn make_suite_file(args: &Args, name: &str) -> Result<()> {
-    let suite = Suite::from_name(name)?;
-    let haystack_path = match &args.haystack {
-        Some(p) => p.clone(),
-        None => PathBuf::from(std::env::var_os("FLUX_MODELS_DIR").map_or_else(
-            || {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                    .join(".cache/flux-models")
-            },
-            PathBuf::from,
-        ))
-        .join("texts/moby-dick.txt"),
-    };
-    let text = std::fs::read_to_string(&haystack_path).with_context(|| {
-        format!(
-            "{}: cannot read the haystack (scripts/fetch-models.sh fetches Moby-Dick; or pass --haystack)",
-            haystack_path.display()
-        )
-    })?;
-    let haystack = Haystack::new(&text).with_context(|| haystack_path.display().to_string())?;
-    let tokenizer = Tokenizer::load(args.model.as_ref().context("--model is required")?)?;
     let out = args.out.as_ref().context("--out is required")?;
-    let config = SuiteConfig {
-        lengths: args.lengths.clone(),
-        samples: args.samples.unwrap_or(20),
-        seed: args.seed,
-    };
-    if config.samples == 0 {
+    if args.samples == Some(0) {
         bail!("--samples must be at least 1");
     }
-    let tasks = make_suite(suite, &haystack, &tokenizer, &config)?;
+    let (tasks, described) = if name == MATH_SUITE {
+        let dir = args
+            .math_dir
+            .clone()
+            .unwrap_or_else(|| models_cache().join("texts/gsm-symbolic-eng"));
+        let problems = read_math_problems(&dir).with_context(|| {
+            format!("the problems of {MATH_SUITE} (scripts/fetch-models.sh fetches them; or pass --math-dir)")
+        })?;
+        let tasks = make_math_suite(&problems, args.samples, args.seed);
+        (tasks, format!("seed {}", args.seed))
+    } else {
+        let suite = Suite::from_name(name)
+            .with_context(|| format!("(or `{MATH_SUITE}`, the short-math suite)"))?;
+        let haystack_path = args
+            .haystack
+            .clone()
+            .unwrap_or_else(|| models_cache().join("texts/moby-dick.txt"));
+        let text = std::fs::read_to_string(&haystack_path).with_context(|| {
+            format!(
+                "{}: cannot read the haystack (scripts/fetch-models.sh fetches Moby-Dick; or pass --haystack)",
+                haystack_path.display()
+            )
+        })?;
+        let haystack = Haystack::new(&text).with_context(|| haystack_path.display().to_string())?;
+        let tokenizer = Tokenizer::load(args.model.as_ref().context("--model is required")?)?;
+        let config = SuiteConfig {
+            lengths: args.lengths.clone(),
+            samples: args.samples.unwrap_or(20),
+            seed: args.seed,
+        };
+        let tasks = make_suite(suite, &haystack, &tokenizer, &config)?;
+        (tasks, format!("lengths {:?}, seed {}", config.lengths, config.seed))
+    };
     write_tasks(out, &tasks)?;
     let bytes = std::fs::read(out).map_err(|e| ModelError::io(out, e))?;
     eprintln!(
-        "eval: wrote {} ({} tasks of {name}, lengths {:?}, seed {}), sha256 {:x}",
+        "eval: wrote {} ({} tasks of {name}, {described}), sha256 {:x}",
         out.display(),
         tasks.len(),
-        config.lengths,
-        config.seed,
         Sha256::digest(&bytes)
     );
     Ok(())
