@@ -291,7 +291,11 @@ fn baselines_follow_a_router_with_its_number_of_sparse_layers_and_a_calibrated_p
 #[test]
 fn math_suite_asks_every_gsm_problem_with_its_gold_number() {
     let problems = models_dir().join("texts/gsm-symbolic-eng");
-    assert!(problems.is_dir(), "{} is missing: run scripts/fetch-models.sh", problems.display());
+    assert!(
+        problems.is_dir(),
+        "{} is missing: run scripts/fetch-models.sh",
+        problems.display()
+    );
     let mut files: Vec<PathBuf> = std::fs::read_dir(&problems)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -337,7 +341,10 @@ fn math_suite_asks_every_gsm_problem_with_its_gold_number() {
     assert!(tasks[0]["question"].as_str().unwrap().ends_with(&question));
     let shuffled = read("3");
     let ids = |t: &[serde_json::Value]| {
-        let mut ids: Vec<String> = t.iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+        let mut ids: Vec<String> = t
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect();
         let order = ids.clone();
         ids.sort();
         (order, ids)
@@ -351,6 +358,9 @@ fn math_suite_asks_every_gsm_problem_with_its_gold_number() {
 
 /// The `question = "..."` value of a problem file (one line, as the package writes it).
 fn task_question_line(toml: &str) -> String {
-    let line = toml.lines().find(|l| l.starts_with("question = \"")).unwrap();
+    let line = toml
+        .lines()
+        .find(|l| l.starts_with("question = \""))
+        .unwrap();
     line["question = \"".len()..line.len() - 1].replace("\\\"", "\"")
 }

@@ -78,6 +78,9 @@ macro_rules! ndarray_reference {
 #[cfg(feature = "ndarray")]
 ndarray_reference!(f32, i64; f64, i64; f32, i32; f64, i32);
 
+#[cfg(feature = "flex")]
+impl AttentionBackend for burn::backend::Flex {}
+
 /// Untracked calls (a forward pass with no graph: inference, validation, the first pass of
 /// layer-wise training) run the inner backend's kernels; tracked ones the reference, whose
 /// operations autodiff records. XAttention's keep flags carry no gradient, so they always come

@@ -103,6 +103,11 @@ impl<B: Backend> LayerKvCache<B> {
         *self = Self::with_eviction(self.evict);
     }
 
+    /// Dtype of the stored keys and values, if any.
+    pub fn dtype(&self) -> Option<burn::tensor::DType> {
+        self.keys.as_ref().map(|k| k.dtype())
+    }
+
     /// Batch size of the stored tensors, if any.
     pub fn batch_size(&self) -> Option<usize> {
         self.keys.as_ref().map(|k| k.dims()[0])
@@ -119,7 +124,7 @@ impl<B: Backend> LayerKvCache<B> {
             let capacity = needed.max(self.capacity() + self.capacity() / 4).max(64);
             let stored = self.stored;
             let grow = |old: Option<Tensor<B, 4>>| {
-                let fresh = Tensor::<B, 4>::zeros([b, h, capacity, d], &k.device());
+                let fresh = Tensor::<B, 4>::zeros([b, h, capacity, d], (&k.device(), k.dtype()));
                 match old {
                     Some(old) if stored > 0 => {
                         fresh.slice_assign([0..b, 0..h, 0..stored, 0..d], old.narrow(2, 0, stored))
@@ -163,7 +168,7 @@ impl<B: Backend> LayerKvCache<B> {
             // A fresh buffer with room for `window` more positions (plus a little, so the append
             // before the next eviction does not grow it): memory stays bounded.
             let fresh_capacity = (kept_sink + 2 * window + EVICTION_SLACK).min(capacity);
-            let fresh = Tensor::<B, 4>::zeros([b, h, fresh_capacity, d], &t.device());
+            let fresh = Tensor::<B, 4>::zeros([b, h, fresh_capacity, d], (&t.device(), t.dtype()));
             let fresh =
                 fresh.slice_assign([0..b, 0..h, 0..kept_sink, 0..d], t.narrow(2, 0, kept_sink));
             fresh.slice_assign(

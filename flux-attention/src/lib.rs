@@ -34,7 +34,16 @@ pub use kv_cache::LayerKvCache;
 pub use mode::AttentionMode;
 pub use reference::{BlockSelection, KeyLayout, Visibility};
 
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
+
+/// The dtype that sums and softmaxes of `dtype` tensors run in: f32 for the half types, the
+/// dtype itself otherwise (so f64 stays f64).
+pub fn accumulation_dtype(dtype: DType) -> FloatDType {
+    match dtype {
+        DType::F16 | DType::BF16 => FloatDType::F32,
+        other => other.into(),
+    }
+}
 
 /// The single attention entry point of flux.
 ///
@@ -55,6 +64,18 @@ pub fn attend<B: AttentionBackend>(
     mode: &AttentionMode,
 ) -> Result<Tensor<B, 4>, AttentionError> {
     check_shapes(&q.dims(), &k_new.dims(), &v_new.dims())?;
+    check_dtypes(&q, &k_new, &v_new)?;
+    if let Some(cached) = cache.dtype() {
+        if cached != k_new.dtype() {
+            return Err(AttentionError::InvalidArgument {
+                argument: "cache",
+                message: format!(
+                    "holds {cached:?} keys, the new keys are {:?}",
+                    k_new.dtype()
+                ),
+            });
+        }
+    }
     let [b, _, nq, _] = q.dims();
     if nq != k_new.dims()[2] {
         return Err(AttentionError::Shape {
@@ -92,6 +113,7 @@ pub fn attention<B: AttentionBackend>(
     mode: &AttentionMode,
 ) -> Result<Tensor<B, 4>, AttentionError> {
     check_shapes(&q.dims(), &k.dims(), &v.dims())?;
+    check_dtypes(&q, &k, &v)?;
     if q.dims()[2] > k.dims()[2] {
         return Err(AttentionError::Shape {
             tensor: "q",
@@ -125,7 +147,11 @@ fn run<B: AttentionBackend>(
         let [q, k, v] = [qp, kp, vp];
         Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(q, k, v, &spec)))
     } else {
-        reference::masked_attention(q, k, v, layout, &spec.visibility)
+        // The reference in f32 at least (as the kernels accumulate), back in q's dtype.
+        let dtype = q.dtype();
+        let wide = accumulation_dtype(dtype);
+        let [q, k, v] = [q, k, v].map(|t| t.cast(wide));
+        reference::masked_attention(q, k, v, layout, &spec.visibility).cast(FloatDType::from(dtype))
     }
 }
 
@@ -194,6 +220,23 @@ fn xattention_selection<B: AttentionBackend>(
         heads: q.dims()[1],
         keep: flags.iter().map(|&x| x > 0.5).collect(),
     }
+}
+
+/// q, k and v of one call share a dtype (the kernels read all three as q's).
+fn check_dtypes<B: AttentionBackend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+) -> Result<(), AttentionError> {
+    for (name, t) in [("k", k), ("v", v)] {
+        if t.dtype() != q.dtype() {
+            return Err(AttentionError::InvalidArgument {
+                argument: name,
+                message: format!("is {:?}, q is {:?}", t.dtype(), q.dtype()),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_shapes(q: &[usize; 4], k: &[usize; 4], v: &[usize; 4]) -> Result<(), AttentionError> {

@@ -53,7 +53,11 @@ pub fn block_scores<B: Backend>(
     let k_blocks = nk.div_ceil(block);
     let k_groups = k_blocks * groups_per_block;
 
-    let zeros = |heads: usize, n: usize| Tensor::<B, 4>::zeros([b, heads, n, d], &device);
+    // Scores in f32 at least: bf16 / f16 logits would round the block sums.
+    let wide = crate::accumulation_dtype(q.dtype());
+    let (q, k) = (&q.clone().cast(wide), &k.clone().cast(wide));
+    let zeros =
+        |heads: usize, n: usize| Tensor::<B, 4>::zeros([b, heads, n, d], (&device, wide.into()));
     let mut q_parts = Vec::new();
     if front > 0 {
         q_parts.push(zeros(hq, front));

@@ -5,7 +5,10 @@ use flux_attention::AttentionBackend;
 use std::fmt;
 use std::str::FromStr;
 
+use burn::tensor::FloatDType;
+
 use crate::error::ModelError;
+use crate::model::{check_dtype, dtype_name};
 
 /// The burn backend a program runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,6 +42,61 @@ impl fmt::Display for BackendChoice {
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
         })
+    }
+}
+
+/// The dtype a program computes in (`--dtype auto|bf16|f16|f32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DTypeChoice {
+    /// bf16 on CUDA; f16 on wgpu where the adapter has it; f32 otherwise (ndarray).
+    #[default]
+    Auto,
+    /// This dtype, or an error when the backend cannot compute in it.
+    Fixed(FloatDType),
+}
+
+impl FromStr for DTypeChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "bf16" => Ok(Self::Fixed(FloatDType::BF16)),
+            "f16" => Ok(Self::Fixed(FloatDType::F16)),
+            "f32" => Ok(Self::Fixed(FloatDType::F32)),
+            other => Err(format!("unknown dtype `{other}` (auto, bf16, f16, f32)")),
+        }
+    }
+}
+
+impl fmt::Display for DTypeChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(dtype) => f.write_str(dtype_name(*dtype)),
+        }
+    }
+}
+
+impl DTypeChoice {
+    /// The dtype to load a model in on `device` of `backend` (`B` is that backend).
+    pub fn resolve<B: burn::tensor::backend::Backend>(
+        self,
+        backend: BackendChoice,
+        device: &B::Device,
+    ) -> Result<FloatDType, ModelError> {
+        let dtype = match (self, backend) {
+            (Self::Fixed(dtype), _) => dtype,
+            (Self::Auto, BackendChoice::Cuda) => FloatDType::BF16,
+            (Self::Auto, BackendChoice::Wgpu)
+                if B::supports_dtype(device, FloatDType::F16.into()) =>
+            {
+                FloatDType::F16
+            }
+            (Self::Auto, _) => FloatDType::F32,
+        };
+        check_dtype::<B>(device, dtype)?;
+        Ok(dtype)
     }
 }
 

@@ -230,7 +230,38 @@ fn default_max_positions() -> usize {
     2048
 }
 
+/// Configurations of models known by name (`config.json` of their Hugging Face repositories),
+/// for runs with random weights.
+const PRESETS: [(&str, &str); 2] = [
+    ("llama-3.1-8b", include_str!("../configs/llama-3.1-8b.json")),
+    ("qwen3-8b", include_str!("../configs/qwen3-8b.json")),
+];
+
 impl TransformerConfig {
+    /// The configuration of a model known by name (`llama-3.1-8b`, `qwen3-8b`).
+    pub fn preset(name: &str) -> Result<Self> {
+        let (_, text) = PRESETS
+            .iter()
+            .find(|(known, _)| *known == name)
+            .ok_or_else(|| ModelError::InvalidArgument {
+                argument: "config".into(),
+                message: format!(
+                    "no preset `{name}` (presets: {}; or give a config.json file)",
+                    PRESETS.map(|(n, _)| n).join(", ")
+                ),
+            })?;
+        Self::from_json_str(text, Path::new(&format!("<preset {name}>")))
+    }
+
+    /// A preset's name or a `config.json` path: the preset when there is one of that name.
+    pub fn preset_or_file(name_or_path: &str) -> Result<Self> {
+        if PRESETS.iter().any(|(n, _)| *n == name_or_path) {
+            Self::preset(name_or_path)
+        } else {
+            Self::from_file(Path::new(name_or_path))
+        }
+    }
+
     /// Reads and validates a HF `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;

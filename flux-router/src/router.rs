@@ -88,6 +88,11 @@ impl<B: Backend> LayerRouter<B> {
         self.head_dim
     }
 
+    /// The dtype of the router's weights (and so of the query states it reads).
+    pub fn dtype(&self) -> burn::tensor::DType {
+        self.encoder_in.weight.val().dtype()
+    }
+
     /// Tokens pooled at each end of the span.
     pub fn pool_tokens(&self) -> usize {
         self.pool_tokens

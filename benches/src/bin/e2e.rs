@@ -14,9 +14,9 @@ use anyhow::{bail, Result};
 use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
 use flux_examples::routing_args::SparseModeArgs;
-use flux_models::backend::{run_on, BackendChoice, BackendTask};
+use flux_models::backend::{run_on, BackendChoice, BackendTask, DTypeChoice};
 use flux_models::generation::argmax;
-use flux_models::{load, Model, Routing};
+use flux_models::{load_as, Model, Routing, TransformerConfig};
 use flux_router::{ForcedPlan, LayerRouterConfig, RouterSet, RoutingPlan};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -24,8 +24,19 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 #[derive(Parser, Clone)]
 struct Args {
     /// Model folder or GGUF file.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    model: Option<PathBuf>,
+    /// Instead of --model: a model built from a configuration (a preset, llama-3.1-8b or
+    /// qwen3-8b, or a config.json file) with seeded random weights made on the device (needs
+    /// --random-weights: the speed does not depend on the values, the text does).
+    #[arg(long, requires = "random_weights")]
+    config: Option<String>,
+    /// With --config: random weights (the only kind a configuration has).
+    #[arg(long, requires = "config")]
+    random_weights: bool,
+    /// Seed of --random-weights.
+    #[arg(long, default_value_t = 0)]
+    weights_seed: u64,
     /// Prompt lengths, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "512,4096")]
     prompt_tokens: Vec<usize>,
@@ -38,6 +49,10 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
+    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
+    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
+    #[arg(long, default_value_t = DTypeChoice::Auto)]
+    dtype: DTypeChoice,
     /// Plans, comma-separated: all-full, all-sparse, first:K, last:K, fraction:F
     /// (`layers:` lists need `;` instead of `,` between layers here).
     #[arg(long, value_delimiter = ',', default_value = "all-full")]
@@ -79,6 +94,7 @@ fn last_logits<B: AttentionBackend>(
     let row = model
         .logits(hidden.narrow(1, n - 1, 1))
         .into_data()
+        .convert::<f32>()
         .to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
     if row.iter().any(|x| !x.is_finite()) {
@@ -156,15 +172,28 @@ impl BackendTask for Args {
     type Error = anyhow::Error;
 
     fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
-        let loaded = load::<B>(&self.model, &device)?;
-        let model = &loaded.model;
+        let dtype = self.dtype.resolve::<B>(self.backend, &device)?;
+        let (model, name) = match (&self.config, &self.model) {
+            (Some(config), _) => (
+                Model::random(
+                    TransformerConfig::preset_or_file(config)?,
+                    &device,
+                    dtype,
+                    self.weights_seed,
+                )?,
+                format!("{config} (random weights)"),
+            ),
+            (None, Some(path)) => (
+                load_as::<B>(path, &device, dtype)?.model,
+                path.file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            (None, None) => bail!("give --model, or --config with --random-weights"),
+        };
+        let model = &model;
         let vocab = model.config().vocab_size as u32;
         let mut rng = StdRng::seed_from_u64(0);
-        let name = self
-            .model
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let routers = match &self.router {
             Some(path) => {
                 let meta = RouterSet::<B>::read_meta(path)?;
@@ -238,8 +267,9 @@ impl BackendTask for Args {
                 );
                 let mib = |b: usize| b as f64 / (1 << 20) as f64;
                 rows.push(format!(
-                    "| {name} | {:?} | {n} | {name_of_plan} ({}) | {p:.3} | {:.1} | {:.2} | {:.0} % | {:.1} | {:.2} % |",
+                    "| {name} | {:?} {} | {n} | {name_of_plan} ({}) | {p:.3} | {:.1} | {:.2} | {:.0} % | {:.1} | {:.2} % |",
                     self.backend,
+                    flux_models::dtype_name(model.dtype()),
                     plan.layer_string(0),
                     n as f64 / p,
                     self.decode_tokens as f64 / d,
@@ -253,7 +283,7 @@ impl BackendTask for Args {
             "sparse mode: {sparse_mode}; KV eviction {}",
             if self.evict_kv { "on" } else { "off" }
         );
-        println!("| model | backend | prompt tokens | plan | prefill s (median) | prompt tokens/s | decode tokens/s | attention share | KV MiB after decode | routers / prefill |");
+        println!("| model | backend, dtype | prompt tokens | plan | prefill s (median) | prompt tokens/s | decode tokens/s | attention share | KV MiB after decode | routers / prefill |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for r in rows {
             println!("{r}");
@@ -262,7 +292,7 @@ impl BackendTask for Args {
     }
 }
 
-fn main() -> Result<()> {
+fn main() {
     let args = Args::parse();
-    run_on(args.backend, args.clone())
+    flux_examples::exit::exit_on_error("e2e", || run_on(args.backend, args.clone()));
 }

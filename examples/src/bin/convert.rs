@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
 use clap::Parser;
 
 /// Convert a GGUF model to a Hugging Face safetensors folder.
@@ -17,9 +16,11 @@ struct Args {
     out: PathBuf,
 }
 
-fn main() -> Result<()> {
+fn main() {
     let args = Args::parse();
-    flux_models::convert::gguf_to_hf(&args.gguf, &args.out)?;
-    eprintln!("wrote {}", args.out.display());
-    Ok(())
+    flux_examples::exit::exit_on_error("convert", || {
+        flux_models::convert::gguf_to_hf(&args.gguf, &args.out)?;
+        eprintln!("wrote {}", args.out.display());
+        Ok(())
+    });
 }

@@ -14,15 +14,15 @@ use clap::Parser;
 use flux_attention::{AttentionBackend, AttentionMode};
 use flux_examples::eval_plots::{draw_plots, EvalSummary};
 use flux_examples::routing_args::SparseModeArgs;
-use flux_models::backend::{run_on, BackendChoice, BackendTask};
+use flux_models::backend::{run_on, BackendChoice, BackendTask, DTypeChoice};
 use flux_models::eval::{
-    evaluate_task, make_math_suite, make_suite, prompt_ids, read_math_problems, read_tasks, summarize,
-    summary_markdown, write_tasks, EvalTask, Haystack, MalformedLines, SampleResult, Suite,
-    SuiteConfig, MATH_SUITE,
+    evaluate_task, make_math_suite, make_suite, prompt_ids, read_math_problems, read_tasks,
+    summarize, summary_markdown, write_tasks, EvalTask, Haystack, MalformedLines, SampleResult,
+    Suite, SuiteConfig, MATH_SUITE,
 };
 use flux_models::router_data::{read_split, RouterSample};
 use flux_models::training::{cheapest_layers_plan, layer_sparsification_costs};
-use flux_models::{load, Model, ModelError, Routing, Tokenizer};
+use flux_models::{load_as, Model, ModelError, Routing, Tokenizer};
 use flux_router::{ForcedPlan, RouterSet, RoutingPlan};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -91,6 +91,10 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
+    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
+    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
+    #[arg(long, default_value_t = DTypeChoice::Auto)]
+    dtype: DTypeChoice,
     #[command(flatten)]
     sparse: SparseModeArgs,
 }
@@ -273,7 +277,11 @@ impl BackendTask for Args {
         }
         let tasks = first_of_each(file.tasks, self.samples);
         std::fs::create_dir_all(&out).map_err(|e| ModelError::io(&out, e))?;
-        let loaded = load::<B>(&model_path, &device)?;
+        let loaded = load_as::<B>(
+            &model_path,
+            &device,
+            self.dtype.resolve::<B>(self.backend, &device)?,
+        )?;
         let plans = self.plans(&loaded.model)?;
         let plan_names: Vec<String> = plans.iter().map(|(n, _)| n.clone()).collect();
         eprintln!(
@@ -411,6 +419,7 @@ impl BackendTask for Args {
             "plans": plan_names,
             "sparse_mode": self.sparse.mode().to_string(),
             "backend": self.backend.to_string(),
+            "dtype": flux_models::dtype_name(loaded.model.dtype()),
             "rows": rows,
             "skipped": skipped,
             "baselines": baselines,
@@ -443,7 +452,9 @@ impl BackendTask for Args {
 fn models_cache() -> PathBuf {
     match std::env::var_os("FLUX_MODELS_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/flux-models"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/flux-models")
+        }
     }
 }
 
@@ -484,7 +495,10 @@ fn make_suite_file(args: &Args, name: &str) -> Result<()> {
             seed: args.seed,
         };
         let tasks = make_suite(suite, &haystack, &tokenizer, &config)?;
-        (tasks, format!("lengths {:?}, seed {}", config.lengths, config.seed))
+        (
+            tasks,
+            format!("lengths {:?}, seed {}", config.lengths, config.seed),
+        )
     };
     write_tasks(out, &tasks)?;
     let bytes = std::fs::read(out).map_err(|e| ModelError::io(out, e))?;
@@ -523,8 +537,5 @@ fn main() {
         (None, Some(name)) => make_suite_file(&args, name),
         (None, None) => run_on(args.backend, args.clone()),
     };
-    if let Err(e) = result {
-        eprintln!("eval: {e:#}");
-        std::process::exit(1);
-    }
+    flux_examples::exit::exit_on_error("eval", || result);
 }

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 use flux_examples::routing_args::{describe_plan, RoutingArgs};
-use flux_models::backend::{run_on, BackendChoice, BackendTask};
+use flux_models::backend::{run_on, BackendChoice, BackendTask, DTypeChoice};
 use flux_models::generation::Sampling;
 use flux_models::tokenizer::ChatMessage;
-use flux_models::{generate_routed, load, GenerationConfig};
+use flux_models::{generate_routed, load_as, GenerationConfig};
 
 /// Generate text with a Llama / Qwen model (HF folder or GGUF file).
 #[derive(Parser, Clone)]
@@ -51,6 +51,10 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
+    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
+    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
+    #[arg(long, default_value_t = DTypeChoice::Auto)]
+    dtype: DTypeChoice,
     #[command(flatten)]
     routing: RoutingArgs,
 }
@@ -60,7 +64,11 @@ impl BackendTask for Args {
     type Error = anyhow::Error;
 
     fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
-        let loaded = load::<B>(&self.model, &device)?;
+        let loaded = load_as::<B>(
+            &self.model,
+            &device,
+            self.dtype.resolve::<B>(self.backend, &device)?,
+        )?;
         let tokenizer = &loaded.tokenizer;
         let routing = self.routing.setup(&loaded.model)?;
         let prompt_ids = if self.chat {
@@ -137,15 +145,17 @@ impl BackendTask for Args {
     }
 }
 
-fn main() -> Result<()> {
+fn main() {
     let args = Args::parse();
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        anyhow::bail!("--temperature must be a finite number >= 0");
-    }
-    if let Some(p) = args.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            anyhow::bail!("--top-p must be in (0, 1]");
+    flux_examples::exit::exit_on_error("generate", || {
+        if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+            anyhow::bail!("--temperature must be a finite number >= 0");
         }
-    }
-    run_on(args.backend, args.clone())
+        if let Some(p) = args.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                anyhow::bail!("--top-p must be in (0, 1]");
+            }
+        }
+        run_on(args.backend, args.clone())
+    });
 }

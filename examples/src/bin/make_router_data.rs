@@ -130,8 +130,6 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("make_router_data: {e:#}");
-        std::process::exit(1);
-    }
+    let args = Args::parse();
+    flux_examples::exit::exit_on_error("make_router_data", || run(args));
 }

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use burn::tensor::{activation::log_softmax, Int, Tensor, TensorData};
 use clap::Parser;
 use flux_examples::routing_args::{describe_plan, RoutingArgs};
-use flux_models::backend::{run_on, BackendChoice, BackendTask};
-use flux_models::load;
+use flux_models::backend::{run_on, BackendChoice, BackendTask, DTypeChoice};
+use flux_models::load_as;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Perplexity of a text under a Llama / Qwen model.
@@ -34,6 +34,10 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
+    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
+    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
+    #[arg(long, default_value_t = DTypeChoice::Auto)]
+    dtype: DTypeChoice,
     #[command(flatten)]
     routing: RoutingArgs,
 }
@@ -48,7 +52,11 @@ impl BackendTask for Args {
     fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
         let text = std::fs::read_to_string(&self.file)
             .with_context(|| format!("reading {}", self.file.display()))?;
-        let loaded = load::<B>(&self.model, &device)?;
+        let loaded = load_as::<B>(
+            &self.model,
+            &device,
+            self.dtype.resolve::<B>(self.backend, &device)?,
+        )?;
         let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
         let routing = self.routing.setup(model)?;
         let layers = model.config().num_layers;
@@ -115,6 +123,7 @@ impl BackendTask for Args {
                 let picked = log_softmax(logits, 2).gather(2, targets);
                 let logprobs = picked
                     .into_data()
+                    .convert::<f32>()
                     .to_vec::<f32>()
                     .map_err(|e| anyhow::anyhow!("reading log-probs back: {e:?}"))?;
                 for (i, lp) in logprobs.iter().enumerate() {
@@ -164,7 +173,7 @@ impl BackendTask for Args {
     }
 }
 
-fn main() -> Result<()> {
+fn main() {
     let args = Args::parse();
-    run_on(args.backend, args.clone())
+    flux_examples::exit::exit_on_error("perplexity", || run_on(args.backend, args.clone()));
 }

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Parser;
 use flux_attention::AttentionBackend;
-use flux_models::backend::{run_on, BackendChoice, BackendTask};
+use flux_models::backend::{run_on, BackendChoice, BackendTask, DTypeChoice};
 use flux_models::router_data::{read_split, RouterSample};
 use flux_models::training::{
     cheapest_layers_plan, layer_sparsification_costs, mean_loss, SampleScore,
 };
-use flux_models::{load, Routing};
+use flux_models::{load_as, Routing};
 use flux_router::{ForcedPlan, RouterSet, RoutingPlan, TaskCategory};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -45,6 +45,10 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
+    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
+    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
+    #[arg(long, default_value_t = DTypeChoice::Auto)]
+    dtype: DTypeChoice,
 }
 
 /// Per-category mean of the sparsity and token-weighted answer loss of `scores`.
@@ -90,7 +94,12 @@ impl BackendTask for Args {
                 self.data.display()
             );
         }
-        let model = load::<B>(&self.model, &device)?.model;
+        let model = load_as::<B>(
+            &self.model,
+            &device,
+            self.dtype.resolve::<B>(self.backend, &device)?,
+        )?
+        .model;
         let file_meta = RouterSet::<B>::read_meta(&self.router)?;
         let expected = model.router_meta(file_meta.sparse_mode, file_meta.pool_tokens);
         let (routers, meta) = RouterSet::<B>::load(&self.router, &expected, &device)?;
@@ -199,8 +208,5 @@ impl BackendTask for Args {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = run_on(args.backend, args.clone()) {
-        eprintln!("router_report: {e:#}");
-        std::process::exit(1);
-    }
+    flux_examples::exit::exit_on_error("router_report", || run_on(args.backend, args.clone()));
 }

@@ -10,13 +10,13 @@ use clap::Parser;
 use flux_attention::AttentionBackend;
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{
-    device_number, run_autodiff_on, AutodiffTask, BackendChoice, DataParallelBackend,
+    device_number, run_autodiff_on, AutodiffTask, BackendChoice, DTypeChoice, DataParallelBackend,
 };
 use flux_models::router_data::{read_split, RouterSample};
 #[cfg(not(feature = "distributed"))]
 use flux_models::training::train_routers;
 use flux_models::training::{RunManifest, TrainConfig, TrainDisplay};
-use flux_models::{load, ModelError};
+use flux_models::{load_as, ModelError};
 use flux_router::Dtype;
 use sha2::{Digest, Sha256};
 
@@ -92,6 +92,10 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
+    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
+    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
+    #[arg(long, default_value_t = DTypeChoice::Auto)]
+    dtype: DTypeChoice,
     /// Devices (GPU numbers) to train on, data-parallel when more than one (burn's DDP over
     /// NCCL; needs a build with the `distributed` feature and --backend cuda).
     #[arg(long, value_delimiter = ',', default_value = "0")]
@@ -227,7 +231,11 @@ impl Args {
         let dir = self.resume.clone().context("--export needs --resume DIR")?;
         let run = RunManifest::read(&dir)?;
         let device = device_number::<B>(self.devices[0])?;
-        let loaded = load::<B>(&self.model, &device)?;
+        let loaded = load_as::<B>(
+            &self.model,
+            &device,
+            self.dtype.resolve::<B>(self.backend, &device)?,
+        )?;
         let (routers, epochs) = flux_models::training::checkpoint_routers(&loaded.model, &dir)?;
         let meta = loaded
             .model
@@ -293,15 +301,20 @@ impl AutodiffTask for Args {
         let device = devices[0].clone();
         let data = self.data.clone().context("--data is required")?;
         let (train, valid, data_sha) = read_data(&data, self.seq_len)?;
-        let loaded = load::<B>(&self.model, &device)?;
+        let loaded = load_as::<B>(
+            &self.model,
+            &device,
+            self.dtype.resolve::<B>(self.backend, &device)?,
+        )?;
         let meta = loaded
             .model
             .router_meta(config.sparse_mode, config.pool_tokens);
         let (n_train, n_valid) = (train.len(), valid.len());
         eprintln!(
-            "training routers for {} ({} layers) on {n_train} samples ({n_valid} for validation), {} steps, run folder {}",
+            "training routers for {} ({} layers, backbone in {}, routers in f32) on {n_train} samples ({n_valid} for validation), {} steps, run folder {}",
             meta.architecture,
             meta.num_layers,
+            flux_models::dtype_name(loaded.model.dtype()),
             config.steps,
             dir.display()
         );
@@ -403,8 +416,7 @@ fn last_valid_metrics(path: &Path) -> Option<serde_json::Value> {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = run_autodiff_on(args.backend, args.clone()) {
-        eprintln!("train_router: {e:#}");
-        std::process::exit(1);
-    }
+    flux_examples::exit::exit_on_error("train_router", || {
+        run_autodiff_on(args.backend, args.clone())
+    });
 }

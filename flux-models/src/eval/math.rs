@@ -172,7 +172,10 @@ question_annotated = "ignored"
         write(&dir, "notes.txt", "not a problem");
         let problems = read_math_problems(&dir).unwrap();
         assert_eq!(problems.len(), 2);
-        assert_eq!((problems[0].file.as_str(), problems[0].id_orig), ("0000.toml", 2));
+        assert_eq!(
+            (problems[0].file.as_str(), problems[0].id_orig),
+            ("0000.toml", 2)
+        );
         assert_eq!(problems[0].answer, "-3.5");
         assert_eq!(problems[1].answer, "1000");
         assert!(problems[1].question.starts_with("Tom has"));
@@ -182,10 +185,19 @@ question_annotated = "ignored"
     #[test]
     fn bad_problem_files_are_named_in_the_error() {
         for (text, expected) in [
-            ("question = \"Q\"\nanswer = \"no marker\"\nid_orig = 1\n", "#### N"),
+            (
+                "question = \"Q\"\nanswer = \"no marker\"\nid_orig = 1\n",
+                "#### N",
+            ),
             ("question = \"Q\"\nid_orig = 1\n", "answer"),
-            ("question = \"\"\nanswer = \"#### 4\"\nid_orig = 1\n", "`question` is empty"),
-            ("question = \"Q\"\nanswer = \"#### four\"\nid_orig = 1\n", "#### N"),
+            (
+                "question = \"\"\nanswer = \"#### 4\"\nid_orig = 1\n",
+                "`question` is empty",
+            ),
+            (
+                "question = \"Q\"\nanswer = \"#### four\"\nid_orig = 1\n",
+                "#### N",
+            ),
             ("question = [unclosed", "malformed"),
         ] {
             let dir = temp_dir("bad");
@@ -205,7 +217,11 @@ question_annotated = "ignored"
     fn math_tasks_ask_the_problem_and_score_the_final_number() {
         let dir = temp_dir("tasks");
         for i in 0..5 {
-            write(&dir, &format!("000{i}.toml"), &PROBLEM.replace("id_orig = 7", &format!("id_orig = {i}")));
+            write(
+                &dir,
+                &format!("000{i}.toml"),
+                &PROBLEM.replace("id_orig = 7", &format!("id_orig = {i}")),
+            );
         }
         let problems = read_math_problems(&dir).unwrap();
         let tasks = make_math_suite(&problems, Some(3), 0);
@@ -215,16 +231,28 @@ question_annotated = "ignored"
         assert!(tasks[0].question.contains("\\boxed{}"));
         assert_eq!(tasks[0].scoring, Scoring::LastNumber);
         let gold = &tasks[0].answers;
-        assert_eq!(score::score(tasks[0].scoring, "1200 - 200 = \\boxed{1000}", gold), 1.0);
-        assert_eq!(score::score(tasks[0].scoring, "1,000 marbles are left, not 999", gold), 0.0);
+        assert_eq!(
+            score::score(tasks[0].scoring, "1200 - 200 = \\boxed{1000}", gold),
+            1.0
+        );
+        assert_eq!(
+            score::score(tasks[0].scoring, "1,000 marbles are left, not 999", gold),
+            0.0
+        );
         // Another seed, another order, same problems; the same seed, the same order.
         let shuffled = make_math_suite(&problems, None, 5);
         assert_eq!(shuffled.len(), 5);
         assert_eq!(shuffled, make_math_suite(&problems, None, 5));
         let mut ids: Vec<_> = shuffled.iter().map(|t| t.id.clone()).collect();
-        assert_ne!(ids, (0..5).map(|i| format!("math_gsm-{i}")).collect::<Vec<_>>());
+        assert_ne!(
+            ids,
+            (0..5).map(|i| format!("math_gsm-{i}")).collect::<Vec<_>>()
+        );
         ids.sort();
-        assert_eq!(ids, (0..5).map(|i| format!("math_gsm-{i}")).collect::<Vec<_>>());
+        assert_eq!(
+            ids,
+            (0..5).map(|i| format!("math_gsm-{i}")).collect::<Vec<_>>()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

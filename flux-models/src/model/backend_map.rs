@@ -112,6 +112,7 @@ impl<B1: Backend> Model<B1> {
             norm: self.norm.map_backend(m),
             lm_head: self.lm_head.as_ref().map(|h| h.map_backend(m)),
             rope: self.rope.clone(),
+            dtype: self.dtype,
             device: m.device(&self.device),
             timer: Arc::default(),
         }

@@ -3,8 +3,8 @@
 use flux_attention::AttentionBackend;
 use std::ops::Range;
 
-use burn::tensor::{backend::Backend, Tensor};
-use flux_attention::{attend, attention, AttentionMode, LayerKvCache};
+use burn::tensor::{backend::Backend, FloatDType, Tensor};
+use flux_attention::{accumulation_dtype, attend, attention, AttentionMode, LayerKvCache};
 use flux_router::{argmax_decisions, pool_query_states, silu};
 
 use super::linear::Linear;
@@ -100,7 +100,7 @@ impl<B: AttentionBackend> SelfAttention<B> {
                 sparse_mode,
             } => {
                 let logits = router
-                    .forward(q.clone(), Some(spans))
+                    .forward(router_input(&q, router), Some(spans))
                     .map_err(router_error)?;
                 let full = argmax_decisions(logits);
                 let modes = modes_of(&full, sparse_mode);
@@ -116,7 +116,7 @@ impl<B: AttentionBackend> SelfAttention<B> {
                 forced,
             } => {
                 let logits = router
-                    .forward(q.clone(), Some(pool_spans))
+                    .forward(router_input(&q, router), Some(pool_spans))
                     .map_err(router_error)?;
                 let decision = gumbel.sample_with_choice(logits, rng, forced);
                 let fa = self.attend_each(
@@ -131,7 +131,11 @@ impl<B: AttentionBackend> SelfAttention<B> {
                 )?;
                 let sa =
                     self.attend_each(&q, &k, &v, ropes, spans, None, &vec![sparse_mode; b], timer)?;
-                let z = decision.z_full.clone().reshape([b, 1, 1, 1]);
+                let z = decision
+                    .z_full
+                    .clone()
+                    .reshape([b, 1, 1, 1])
+                    .cast(FloatDType::from(fa.dtype()));
                 let out = fa * z.clone() + sa * z.neg().add_scalar(1.0);
                 (out, LayerDecision::Soft(decision.z_full, decision.full))
             }
@@ -139,9 +143,13 @@ impl<B: AttentionBackend> SelfAttention<B> {
                 pool_spans,
                 pool_tokens,
             } => {
-                let pooled =
-                    pool_query_states(q.clone(), Some(pool_spans), pool_tokens, self.head_dim)
-                        .map_err(router_error)?;
+                let pooled = pool_query_states(
+                    q.clone().cast(accumulation_dtype(q.dtype())),
+                    Some(pool_spans),
+                    pool_tokens,
+                    self.head_dim,
+                )
+                .map_err(router_error)?;
                 let full = vec![AttentionMode::Full; b];
                 let out = self.attend_each(&q, &k, &v, ropes, spans, None, &full, timer)?;
                 (out, LayerDecision::Pooled(pooled))
@@ -181,12 +189,13 @@ impl<B: AttentionBackend> SelfAttention<B> {
                 None => attention(qi, ki, vi, &modes[i]),
             })?;
             let mut parts = Vec::with_capacity(3);
+            let padding = (&q.device(), q.dtype());
             if span.start > 0 {
-                parts.push(Tensor::zeros([1, hq, span.start, d], &q.device()));
+                parts.push(Tensor::zeros([1, hq, span.start, d], padding));
             }
             parts.push(out);
             if span.end < n {
-                parts.push(Tensor::zeros([1, hq, n - span.end, d], &q.device()));
+                parts.push(Tensor::zeros([1, hq, n - span.end, d], padding));
             }
             outputs.push(if parts.len() == 1 {
                 parts.pop().expect("one part")
@@ -200,6 +209,15 @@ impl<B: AttentionBackend> SelfAttention<B> {
             Tensor::cat(outputs, 0)
         })
     }
+}
+
+/// What a router reads: the query states in the router's dtype (f32 as trained and loaded),
+/// whatever the backbone's.
+fn router_input<B: Backend>(
+    q: &Tensor<B, 4>,
+    router: &flux_router::LayerRouter<B>,
+) -> Tensor<B, 4> {
+    q.clone().cast(router.dtype())
 }
 
 /// Modes from hard decisions (`true`: full attention).

@@ -17,6 +17,8 @@ pub use backend_map::{FromInner, TensorMap, ToDevice, ToInner};
 pub use decoder_layer::{DecoderLayer, Mlp, SelfAttention};
 pub use kv_cache::KvCache;
 pub use linear::Linear;
+pub(crate) use loading::check_dtype;
+pub use loading::{default_float_dtype, dtype_name};
 pub use rms_norm::RmsNorm;
 pub use rope::{Rope, RopeTables};
 pub use routing::Routing;
@@ -26,7 +28,7 @@ use flux_attention::AttentionBackend;
 use std::ops::Range;
 use std::sync::Arc;
 
-use burn::tensor::{backend::Backend, module::embedding, Int, Tensor};
+use burn::tensor::{backend::Backend, module::embedding, FloatDType, Int, Tensor};
 use flux_attention::AttentionMode;
 use flux_router::{GumbelSoftmax, LayerRoute, RouterMeta, RouterSet, RoutingPlan};
 use rand::rngs::StdRng;
@@ -46,6 +48,8 @@ pub struct Model<B: Backend> {
     /// `None` when the output projection is tied to the embedding.
     lm_head: Option<Linear<B>>,
     rope: Rope,
+    /// The dtype of the weights, activations and KV cache.
+    dtype: FloatDType,
     device: B::Device,
     /// Shared by clones, so a caller can read the time of the model it handed out.
     timer: Arc<AttentionTimer>,
@@ -111,6 +115,11 @@ impl<B: Backend> Model<B> {
     /// The device holding the weights.
     pub fn device(&self) -> &B::Device {
         &self.device
+    }
+
+    /// The dtype of the weights, activations and KV cache (logits are f32).
+    pub fn dtype(&self) -> FloatDType {
+        self.dtype
     }
 }
 
@@ -240,7 +249,7 @@ impl<B: AttentionBackend> Model<B> {
             .enumerate()
             .map(|(i, s)| {
                 self.rope
-                    .tables::<B>(cache.sequence_len(i), s.len(), &self.device)
+                    .tables::<B>(cache.sequence_len(i), s.len(), &self.device, self.dtype)
             })
             .collect();
         let mut x = embedding(self.embed_tokens.clone(), tokens);
@@ -366,7 +375,7 @@ impl<B: AttentionBackend> Model<B> {
     pub(crate) fn rope_tables(&self, spans: &[Range<usize>]) -> Vec<RopeTables<B>> {
         spans
             .iter()
-            .map(|s| self.rope.tables::<B>(0, s.len(), &self.device))
+            .map(|s| self.rope.tables::<B>(0, s.len(), &self.device, self.dtype))
             .collect()
     }
 
@@ -483,9 +492,11 @@ impl<B: AttentionBackend> Model<B> {
         Ok(())
     }
 
-    /// Next-token logits `[b, n, vocab]` of hidden states from [`Model::forward`].
+    /// Next-token logits `[b, n, vocab]` of hidden states from [`Model::forward`]: in f32 for
+    /// bf16, f16 and f32 models (f64 for f64 ones), so softmaxes, losses and sampling never
+    /// read half precision.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
                 let [b, n, d] = hidden.dims();
@@ -498,7 +509,8 @@ impl<B: AttentionBackend> Model<B> {
                     .transpose()
                     .reshape([b, n, vocab])
             }
-        }
+        };
+        logits.cast(flux_attention::accumulation_dtype(self.dtype.into()))
     }
 
     /// Token ids as a `[b, n]` tensor on the model's device; checks they are in the vocabulary.

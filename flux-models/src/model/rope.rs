@@ -1,6 +1,6 @@
 //! Rotary position embedding in HF's split-halves layout, with `linear` and `llama3` scaling.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorData};
 
 use crate::config::RopeScaling;
 
@@ -46,8 +46,15 @@ impl Rope {
         Self { inv_freq }
     }
 
-    /// Tables for positions `start .. start + n`.
-    pub fn tables<B: Backend>(&self, start: usize, n: usize, device: &B::Device) -> RopeTables<B> {
+    /// Tables for positions `start .. start + n`, in `dtype` (the angles in f64, their cosines
+    /// and sines rounded once, as transformers casts its f32 tables to the model's dtype).
+    pub fn tables<B: Backend>(
+        &self,
+        start: usize,
+        n: usize,
+        device: &B::Device,
+        dtype: FloatDType,
+    ) -> RopeTables<B> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
@@ -59,10 +66,7 @@ impl Rope {
             }
         }
         let to_tensor = |v: Vec<f32>| {
-            Tensor::<B, 4>::from_data(
-                TensorData::new(v, [1, 1, n, half]).convert::<B::FloatElem>(),
-                device,
-            )
+            Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, n, half]), (device, dtype.into()))
         };
         RopeTables {
             cos: to_tensor(cos),

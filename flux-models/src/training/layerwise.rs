@@ -466,6 +466,7 @@ where
         .penalty(s, input.categories, input.targets)
         .map_err(|e| internal(&e.to_string()))?;
     let (lm_value, penalty_value) = (scalar(lm.clone()), scalar(penalty.clone()));
+    let lm = lm.cast(penalty.dtype());
     let mut grads = (lm + penalty).mul_scalar(scale).backward();
     let mut out = GradientsParams::new();
     routers.visit(&mut AddGrads::<B> {

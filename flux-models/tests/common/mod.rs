@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
 use burn::tensor::activation::log_softmax;
+use flux_attention::AttentionBackend;
 use flux_models::Model;
 
 pub type B = NdArray<f32>;
@@ -58,7 +59,7 @@ pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
 }
 
 /// Log-prob of each next token (`ids[i + 1]` given `ids[..=i]`) and the full logits.
-pub fn score(model: &Model<B>, ids: &[u32]) -> (Vec<f64>, Vec<Vec<f32>>) {
+pub fn score<Bk: AttentionBackend>(model: &Model<Bk>, ids: &[u32]) -> (Vec<f64>, Vec<Vec<f32>>) {
     let mut cache = model.new_cache();
     let hidden = model
         .forward(model.token_tensor(&[ids.to_vec()]).unwrap(), &mut cache)
@@ -67,9 +68,10 @@ pub fn score(model: &Model<B>, ids: &[u32]) -> (Vec<f64>, Vec<Vec<f32>>) {
     let [_, n, vocab] = logits.dims();
     let lp = log_softmax(logits.clone(), 2)
         .into_data()
+        .convert::<f32>()
         .to_vec::<f32>()
         .unwrap();
-    let logits = logits.into_data().to_vec::<f32>().unwrap();
+    let logits = logits.into_data().convert::<f32>().to_vec::<f32>().unwrap();
     let logprobs = (0..n - 1)
         .map(|i| lp[i * vocab + ids[i + 1] as usize] as f64)
         .collect();
@@ -78,7 +80,7 @@ pub fn score(model: &Model<B>, ids: &[u32]) -> (Vec<f64>, Vec<Vec<f32>>) {
 }
 
 /// Greedy continuation of `steps` tokens through the KV cache, without stopping at EOS.
-pub fn greedy(model: &Model<B>, ids: &[u32], steps: usize) -> Vec<u32> {
+pub fn greedy<Bk: AttentionBackend>(model: &Model<Bk>, ids: &[u32], steps: usize) -> Vec<u32> {
     let mut cache = model.new_cache();
     let mut input = ids.to_vec();
     let mut out = Vec::new();
@@ -90,6 +92,7 @@ pub fn greedy(model: &Model<B>, ids: &[u32], steps: usize) -> Vec<u32> {
         let row = model
             .logits(hidden.narrow(1, n - 1, 1))
             .into_data()
+            .convert::<f32>()
             .to_vec::<f32>()
             .unwrap();
         let next = flux_models::generation::argmax(&row) as u32;
