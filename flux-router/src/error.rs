@@ -5,12 +5,12 @@ use std::path::PathBuf;
 /// Something wrong with a router file, a plan or an argument.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    /// The router file could not be read or written.
-    #[error("router file {path}: {source}")]
+    /// The router file could not be read or written (the I/O error is part of the message, so
+    /// a chain printed with `{:#}` says it once).
+    #[error("router file {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The router file is not a valid flux router safetensors file.
     #[error("router file {path}: {message}")]

@@ -129,9 +129,9 @@ impl<B: Backend> RouterSet<B> {
         let metadata = HashMap::from([(META_KEY.to_string(), json)]);
         let bytes =
             safetensors::serialize(views, Some(metadata)).map_err(|e| format(e.to_string()))?;
-        write_atomically(path, &bytes).map_err(|source| RouterError::Io {
+        write_atomically(path, &bytes).map_err(|error| RouterError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 
@@ -249,9 +249,9 @@ fn to_le_bytes<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: Dtype) -> Vec
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| RouterError::Io {
+    std::fs::read(path).map_err(|error| RouterError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

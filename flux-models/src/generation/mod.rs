@@ -61,6 +61,8 @@ pub enum StopReason {
     Eos,
     /// A stop string appeared (text cut before it).
     StopString(String),
+    /// The prompt and the generated tokens filled the model's context.
+    ContextFull,
 }
 
 /// The result of [`generate`].
@@ -125,6 +127,16 @@ pub fn generate_routed<B: AttentionBackend>(
             message: "generation needs at least one prompt token".into(),
         });
     }
+    let context = model.config().max_position_embeddings;
+    if prompt.len() > context {
+        return Err(ModelError::InvalidArgument {
+            argument: "prompt".into(),
+            message: format!(
+                "{} tokens, longer than the model's context of {context} (max_position_embeddings): shorten it",
+                prompt.len()
+            ),
+        });
+    }
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut cache = model.new_cache_with_eviction(config.evict_kv);
     let mut decoder = StreamDecoder::new(tokenizer);
@@ -137,6 +149,12 @@ pub fn generate_routed<B: AttentionBackend>(
     let mut next_input = prompt.to_vec();
     let mut prefill_seconds = 0.0;
     while tokens.len() < config.max_new_tokens {
+        // A decode step feeds the last token at position prompt + tokens - 1, which must be
+        // inside the context.
+        if !tokens.is_empty() && prompt.len() + tokens.len() > context {
+            stop_reason = StopReason::ContextFull;
+            break;
+        }
         let hidden = model.forward_routed(
             model.token_tensor(&[next_input])?,
             None,
@@ -147,6 +165,7 @@ pub fn generate_routed<B: AttentionBackend>(
         let logits = model.logits(hidden.narrow(1, n - 1, 1));
         let row = logits
             .into_data()
+            .convert::<f32>()
             .to_vec::<f32>()
             .map_err(|e| ModelError::InvalidArgument {
                 argument: "logits".into(),
