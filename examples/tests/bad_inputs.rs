@@ -5,13 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("FLUX_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/flux-models")
-        })
-}
+mod common;
+use common::smollm2;
 
 fn repo(relative: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -95,16 +90,6 @@ impl Drop for Files {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn smollm2() -> String {
-    let model = models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        model.display()
-    );
-    model.display().to_string()
 }
 
 #[test]
@@ -237,7 +222,7 @@ fn every_bad_input_is_one_line_naming_what_is_wrong() {
             "eval",
             &["--make-suite", "nope", "--model", &smol, "--out", &out],
             1,
-            &["nope", "niah_single"],
+            &["nope", "niah_single", "math_gsm"],
         ),
         case(
             "eval",

@@ -4,24 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("FLUX_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/flux-models")
-        })
-}
-
-/// The SmolLM2 GGUF of scripts/fetch-models.sh.
-fn smollm2() -> String {
-    let model = models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        model.display()
-    );
-    model.to_str().unwrap().to_string()
-}
+mod common;
+use common::{models_dir, smollm2};
 
 /// Asserts that `out` is a success (its stderr otherwise).
 fn assert_ok(out: &std::process::Output) {

@@ -475,8 +475,12 @@ fn make_suite_file(args: &Args, name: &str) -> Result<()> {
         let tasks = make_math_suite(&problems, args.samples, args.seed);
         (tasks, format!("seed {}", args.seed))
     } else {
-        let suite = Suite::from_name(name)
-            .with_context(|| format!("(or `{MATH_SUITE}`, the short-math suite)"))?;
+        let suite = Suite::from_name(name).map_err(|_| {
+            anyhow::anyhow!(
+                "--make-suite: unknown suite `{name}` (known: {}, {MATH_SUITE})",
+                Suite::ALL.map(|s| s.name()).join(", ")
+            )
+        })?;
         let haystack_path = args
             .haystack
             .clone()

@@ -15,6 +15,13 @@ trait Weights<B: Backend> {
     fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>>;
     /// The projection `prefix` (`.weight` `[out, inp]`, `.bias` `[out]` when `bias`).
     fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>>;
+    /// The bias `prefix.bias` `[out]` of a projection that has one.
+    fn bias(&self, prefix: &str, out: usize, present: bool) -> Result<Option<Tensor<B, 1>>> {
+        present
+            .then(|| self.tensor(&format!("{prefix}.bias"), [out]))
+            .transpose()
+    }
+
     /// The RMS norm whose scale is `name` `[dim]`.
     fn norm(&self, name: &str, dim: usize, eps: f64) -> Result<RmsNorm<B>>;
     /// What the progress bar says.
@@ -72,12 +79,7 @@ impl<B: Backend> Weights<B> for Reader<'_, B> {
             TensorData::new(weight_t.data, [inp, out]),
             (self.device, self.dtype.into()),
         );
-        let bias = if bias {
-            Some(self.tensor(&format!("{prefix}.bias"), [out])?)
-        } else {
-            None
-        };
-        Ok(Linear::new(weight_t, bias))
+        Ok(Linear::new(weight_t, self.bias(prefix, out, bias)?))
     }
 
     fn norm(&self, name: &str, dim: usize, eps: f64) -> Result<RmsNorm<B>> {
@@ -107,12 +109,7 @@ impl<B: Backend> Weights<B> for RandomWeights<'_, B> {
 
     fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>> {
         let weight_t = self.tensor(&format!("{prefix}.weight"), [inp, out])?;
-        let bias = if bias {
-            Some(self.tensor(&format!("{prefix}.bias"), [out])?)
-        } else {
-            None
-        };
-        Ok(Linear::new(weight_t, bias))
+        Ok(Linear::new(weight_t, self.bias(prefix, out, bias)?))
     }
 
     fn norm(&self, _name: &str, dim: usize, eps: f64) -> Result<RmsNorm<B>> {
