@@ -1,5 +1,6 @@
 //! Shared command-line pieces of the flux programs.
 
+pub mod dtype_args;
 pub mod eval_plots;
 pub mod exit;
 pub mod routing_args;

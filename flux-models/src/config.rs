@@ -255,10 +255,9 @@ impl TransformerConfig {
 
     /// A preset's name or a `config.json` path: the preset when there is one of that name.
     pub fn preset_or_file(name_or_path: &str) -> Result<Self> {
-        if PRESETS.iter().any(|(n, _)| *n == name_or_path) {
-            Self::preset(name_or_path)
-        } else {
-            Self::from_file(Path::new(name_or_path))
+        match PRESETS.iter().find(|(n, _)| *n == name_or_path) {
+            Some((name, text)) => Self::from_json_str(text, Path::new(&format!("<preset {name}>"))),
+            None => Self::from_file(Path::new(name_or_path)),
         }
     }
 

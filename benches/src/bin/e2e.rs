@@ -13,8 +13,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
+use flux_examples::dtype_args::DTypeArgs;
 use flux_examples::routing_args::SparseModeArgs;
-use flux_models::backend::{run_on, BackendChoice, BackendTask, DTypeChoice};
+use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::generation::argmax;
 use flux_models::{load_as, Model, Routing, TransformerConfig};
 use flux_router::{ForcedPlan, LayerRouterConfig, RouterSet, RoutingPlan};
@@ -49,10 +50,8 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
-    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
-    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
-    #[arg(long, default_value_t = DTypeChoice::Auto)]
-    dtype: DTypeChoice,
+    #[command(flatten)]
+    dtype: DTypeArgs,
     /// Plans, comma-separated: all-full, all-sparse, first:K, last:K, fraction:F
     /// (`layers:` lists need `;` instead of `,` between layers here).
     #[arg(long, value_delimiter = ',', default_value = "all-full")]

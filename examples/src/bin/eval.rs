@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use flux_attention::{AttentionBackend, AttentionMode};
+use flux_examples::dtype_args::DTypeArgs;
 use flux_examples::eval_plots::{draw_plots, EvalSummary};
 use flux_examples::routing_args::SparseModeArgs;
-use flux_models::backend::{run_on, BackendChoice, BackendTask, DTypeChoice};
+use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::eval::{
     evaluate_task, make_math_suite, make_suite, prompt_ids, read_math_problems, read_tasks,
     summarize, summary_markdown, write_tasks, EvalTask, Haystack, MalformedLines, SampleResult,
@@ -91,10 +92,8 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
-    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
-    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
-    #[arg(long, default_value_t = DTypeChoice::Auto)]
-    dtype: DTypeChoice,
+    #[command(flatten)]
+    dtype: DTypeArgs,
     #[command(flatten)]
     sparse: SparseModeArgs,
 }

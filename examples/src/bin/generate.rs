@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
+use flux_examples::dtype_args::DTypeArgs;
 use flux_examples::routing_args::{describe_plan, RoutingArgs};
-use flux_models::backend::{run_on, BackendChoice, BackendTask, DTypeChoice};
+use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::generation::Sampling;
 use flux_models::tokenizer::ChatMessage;
 use flux_models::{generate_routed, load_as, GenerationConfig};
@@ -51,10 +52,8 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
-    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
-    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
-    #[arg(long, default_value_t = DTypeChoice::Auto)]
-    dtype: DTypeChoice,
+    #[command(flatten)]
+    dtype: DTypeArgs,
     #[command(flatten)]
     routing: RoutingArgs,
 }

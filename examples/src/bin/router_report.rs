@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Parser;
 use flux_attention::AttentionBackend;
-use flux_models::backend::{run_on, BackendChoice, BackendTask, DTypeChoice};
+use flux_examples::dtype_args::DTypeArgs;
+use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::router_data::{read_split, RouterSample};
 use flux_models::training::{
     cheapest_layers_plan, layer_sparsification_costs, mean_loss, SampleScore,
@@ -45,10 +46,8 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
-    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
-    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
-    #[arg(long, default_value_t = DTypeChoice::Auto)]
-    dtype: DTypeChoice,
+    #[command(flatten)]
+    dtype: DTypeArgs,
 }
 
 /// Per-category mean of the sparsity and token-weighted answer loss of `scores`.

@@ -8,9 +8,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use flux_attention::AttentionBackend;
+use flux_examples::dtype_args::DTypeArgs;
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{
-    device_number, run_autodiff_on, AutodiffTask, BackendChoice, DTypeChoice, DataParallelBackend,
+    device_number, run_autodiff_on, AutodiffTask, BackendChoice, DataParallelBackend,
 };
 use flux_models::router_data::{read_split, RouterSample};
 #[cfg(not(feature = "distributed"))]
@@ -92,10 +93,8 @@ struct Args {
     /// Backend to run on.
     #[arg(long, default_value_t = BackendChoice::Ndarray)]
     backend: BackendChoice,
-    /// Dtype of the weights, activations and KV cache: auto (bf16 on cuda, f16 on wgpu where
-    /// the adapter has it, else f32), bf16, f16 or f32. Routers and logits stay f32.
-    #[arg(long, default_value_t = DTypeChoice::Auto)]
-    dtype: DTypeChoice,
+    #[command(flatten)]
+    dtype: DTypeArgs,
     /// Devices (GPU numbers) to train on, data-parallel when more than one (burn's DDP over
     /// NCCL; needs a build with the `distributed` feature and --backend cuda).
     #[arg(long, value_delimiter = ',', default_value = "0")]
