@@ -257,6 +257,13 @@ impl TransformerConfig {
     pub fn preset_or_file(name_or_path: &str) -> Result<Self> {
         match PRESETS.iter().find(|(n, _)| *n == name_or_path) {
             Some((name, text)) => Self::from_json_str(text, Path::new(&format!("<preset {name}>"))),
+            None if !Path::new(name_or_path).exists() => Err(ModelError::InvalidArgument {
+                argument: "config".into(),
+                message: format!(
+                    "`{name_or_path}` is neither a preset ({}) nor a config.json file",
+                    PRESETS.map(|(n, _)| n).join(", ")
+                ),
+            }),
             None => Self::from_file(Path::new(name_or_path)),
         }
     }
