@@ -1,7 +1,7 @@
 //! The routing options shared by `generate` and `perplexity`: `--router`, `--plan`,
 //! `--sparse-mode` and its parameters, `--evict-kv`.
 
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -101,7 +101,7 @@ pub struct RoutingSetup<B: Backend> {
     pub sparse_mode: AttentionMode,
 }
 
-impl<B: AttentionBackend> RoutingSetup<B> {
+impl<B: FluxBackend> RoutingSetup<B> {
     /// The routing of a prefill.
     pub fn routing(&self) -> Routing<'_, B> {
         match (&self.routers, &self.plan) {
@@ -117,7 +117,7 @@ impl<B: AttentionBackend> RoutingSetup<B> {
 
 impl RoutingArgs {
     /// Loads the routers or builds the plan for `model`.
-    pub fn setup<B: AttentionBackend>(&self, model: &Model<B>) -> Result<RoutingSetup<B>> {
+    pub fn setup<B: FluxBackend>(&self, model: &Model<B>) -> Result<RoutingSetup<B>> {
         let layers = model.config().num_layers;
         if let Some(path) = &self.router {
             let file_meta = RouterSet::<B>::read_meta(path)?;

@@ -23,14 +23,20 @@
 mod backend;
 mod error;
 mod kv_cache;
+mod linear;
 mod mode;
 pub mod reference;
 pub mod xattention;
 
 pub use backend::AttentionBackend;
+
+/// What flux's model code needs from a burn backend: its attention and linear-layer extensions.
+pub trait FluxBackend: AttentionBackend + LinearBackend {}
+impl<B: AttentionBackend + LinearBackend> FluxBackend for B {}
 pub use error::AttentionError;
 pub use kernels_cubecl::AttentionSpec;
 pub use kv_cache::LayerKvCache;
+pub use linear::{linear, linear_reference, LinearBackend, WeightLayout};
 pub use mode::AttentionMode;
 pub use reference::{BlockSelection, KeyLayout, Visibility};
 

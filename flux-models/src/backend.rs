@@ -1,7 +1,7 @@
 //! Choosing a burn backend at run time (`--backend ndarray|wgpu|cuda` in the programs).
 //! Only this file names concrete backends; the model code is generic.
 
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use std::fmt;
 use std::str::FromStr;
 
@@ -107,7 +107,7 @@ pub trait BackendTask {
     /// The work's error type (must accept a missing-backend error).
     type Error: From<ModelError>;
     /// Runs on backend `B` with its default device.
-    fn run<B: AttentionBackend>(
+    fn run<B: FluxBackend>(
         self,
         device: B::Device,
     ) -> std::result::Result<Self::Output, Self::Error>;
@@ -174,8 +174,8 @@ pub trait AutodiffTask {
     /// Runs on backend `B` with its default device.
     fn run<B>(self, device: B::Device) -> std::result::Result<Self::Output, Self::Error>
     where
-        B: burn::tensor::backend::AutodiffBackend + AttentionBackend + DataParallelBackend,
-        B::InnerBackend: AttentionBackend;
+        B: burn::tensor::backend::AutodiffBackend + FluxBackend + DataParallelBackend,
+        B::InnerBackend: FluxBackend;
 }
 
 /// Runs `task` on `Autodiff` over the chosen backend, or says which cargo feature is missing.

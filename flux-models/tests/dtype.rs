@@ -18,13 +18,13 @@ use std::path::PathBuf;
 use burn::backend::{Flex, NdArray};
 use burn::tensor::FloatDType;
 use common::*;
-use flux_attention::{AttentionBackend, AttentionMode};
+use flux_attention::{AttentionMode, FluxBackend};
 use flux_models::backend::{BackendChoice, DTypeChoice};
 use flux_models::{load_as, LoadedModel, Model, Routing};
 use flux_router::{GumbelSoftmax, RouterSet};
 use rand::{rngs::StdRng, SeedableRng};
 
-fn smollm2<Bk: AttentionBackend>(dtype: FloatDType) -> LoadedModel<Bk> {
+fn smollm2<Bk: FluxBackend>(dtype: FloatDType) -> LoadedModel<Bk> {
     load_as::<Bk>(
         &cached("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
         &Default::default(),
@@ -44,7 +44,7 @@ fn reference_case() -> (Vec<u32>, Vec<f64>, Vec<u32>) {
     )
 }
 
-fn shipped_routers<Bk: AttentionBackend>(model: &Model<Bk>) -> RouterSet<Bk> {
+fn shipped_routers<Bk: FluxBackend>(model: &Model<Bk>) -> RouterSet<Bk> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../routers/smollm2-135m-instruct/routers.safetensors");
     let meta = RouterSet::<Bk>::read_meta(&path).unwrap();
@@ -55,7 +55,7 @@ fn shipped_routers<Bk: AttentionBackend>(model: &Model<Bk>) -> RouterSet<Bk> {
 }
 
 /// The plan the routers choose for `ids`, and the last position's logits.
-fn routed<Bk: AttentionBackend>(model: &Model<Bk>, ids: &[u32]) -> (String, Vec<f32>) {
+fn routed<Bk: FluxBackend>(model: &Model<Bk>, ids: &[u32]) -> (String, Vec<f32>) {
     let routers = shipped_routers(model);
     let mut cache = model.new_cache();
     let hidden = model

@@ -1,4 +1,4 @@
-/// Why a fused attention call was refused. Checked on the host before any launch.
+/// Why a fused kernel call was refused (checked on the host before any launch) or failed.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KernelError {
     /// A tensor has the wrong shape, dtype or device.
@@ -17,4 +17,7 @@ pub enum KernelError {
         /// What is wrong with it.
         message: String,
     },
+    /// A cuBLASLt linear-layer call was refused or failed (the caller falls back to burn's matmul).
+    #[error("cuBLASLt linear layer: {0}")]
+    Linear(String),
 }

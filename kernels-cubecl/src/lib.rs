@@ -18,9 +18,12 @@
 //! assert!((spec.scale - 1.0 / 128f32.sqrt()).abs() < 1e-7);
 //! ```
 
+#[cfg(feature = "cublas")]
+pub mod blas;
 mod error;
 #[cfg(feature = "kernels")]
 mod launch;
+mod linear;
 #[cfg(feature = "kernels")]
 mod prefill_cmma;
 #[cfg(feature = "kernels")]
@@ -36,6 +39,7 @@ pub use error::KernelError;
 pub use launch::{
     check_call, choose_kernel, fused_attention, fused_attention_into, CallDims, KernelChoice,
 };
+pub use linear::WeightLayout;
 pub use spec::{AttentionSpec, BlockSelection, KeyLayout, Visibility, XAttentionBlocks};
 #[cfg(feature = "kernels")]
 pub use xattention::host::{check_xattention, xattention_block_scores, xattention_keep};

@@ -6,7 +6,7 @@
 //! Outputs are read back and checked to be finite, so a failed backend op cannot produce a
 //! timing (platform.md: burn prints a device-thread panic and carries on).
 
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -85,7 +85,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Logits of the last position, read back and checked.
-fn last_logits<B: AttentionBackend>(
+fn last_logits<B: FluxBackend>(
     model: &Model<B>,
     hidden: burn::tensor::Tensor<B, 3>,
 ) -> Result<Vec<f32>> {
@@ -103,7 +103,7 @@ fn last_logits<B: AttentionBackend>(
 }
 
 /// One prefill of `prompt` then `steps` greedy decode steps under `plan`.
-fn run_once<B: AttentionBackend>(
+fn run_once<B: FluxBackend>(
     model: &Model<B>,
     prompt: &[u32],
     steps: usize,
@@ -140,7 +140,7 @@ fn run_once<B: AttentionBackend>(
 
 /// Seconds the routers of every layer take at prefill: pooling and MLP on query states of
 /// `n` tokens (median of 3).
-fn router_seconds<B: AttentionBackend>(model: &Model<B>, n: usize) -> Result<f64> {
+fn router_seconds<B: FluxBackend>(model: &Model<B>, n: usize) -> Result<f64> {
     let c = model.config();
     let router = LayerRouterConfig::new(c.head_dim).init::<B>(model.device());
     let q = Tensor::<B, 4>::random(
@@ -170,7 +170,7 @@ impl BackendTask for Args {
     type Output = ();
     type Error = anyhow::Error;
 
-    fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
+    fn run<B: FluxBackend>(self, device: B::Device) -> Result<()> {
         let dtype = self.dtype.resolve::<B>(self.backend, &device)?;
         let (model, name) = match (&self.config, &self.model) {
             (Some(config), _) => (

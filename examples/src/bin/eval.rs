@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use flux_attention::{AttentionBackend, AttentionMode};
+use flux_attention::{AttentionMode, FluxBackend};
 use flux_examples::dtype_args::DTypeArgs;
 use flux_examples::eval_plots::{draw_plots, EvalSummary};
 use flux_examples::routing_args::SparseModeArgs;
@@ -99,13 +99,13 @@ struct Args {
 }
 
 /// How one evaluated plan routes.
-enum PlanSetup<B: AttentionBackend> {
+enum PlanSetup<B: FluxBackend> {
     Forced(RoutingPlan),
     Full,
     Routers(RouterSet<B>, AttentionMode),
 }
 
-impl<B: AttentionBackend> PlanSetup<B> {
+impl<B: FluxBackend> PlanSetup<B> {
     fn routing(&self) -> Routing<'_, B> {
         match self {
             PlanSetup::Full => Routing::Full,
@@ -120,7 +120,7 @@ impl<B: AttentionBackend> PlanSetup<B> {
 
 impl Args {
     /// The plans to run, named, in command-line order (plans, then routers).
-    fn plans<B: AttentionBackend>(&self, model: &Model<B>) -> Result<Vec<(String, PlanSetup<B>)>> {
+    fn plans<B: FluxBackend>(&self, model: &Model<B>) -> Result<Vec<(String, PlanSetup<B>)>> {
         let layers = model.config().num_layers;
         let mode = self.sparse.mode();
         mode.validate()?;
@@ -195,7 +195,7 @@ struct SampleLog {
 
 /// Every task under every plan, task by task (a stopped run has compared the plans on the same
 /// samples so far). A prompt too long for the model is skipped and listed.
-fn run_plans<B: AttentionBackend>(
+fn run_plans<B: FluxBackend>(
     model: &Model<B>,
     tokenizer: &Tokenizer,
     tasks: &[EvalTask],
@@ -257,7 +257,7 @@ impl BackendTask for Args {
     type Output = ();
     type Error = anyhow::Error;
 
-    fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
+    fn run<B: FluxBackend>(self, device: B::Device) -> Result<()> {
         let malformed = if self.skip_malformed {
             MalformedLines::Skip
         } else {

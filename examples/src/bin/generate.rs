@@ -1,6 +1,6 @@
 //! Generates a continuation of a prompt, streaming it to stdout, then prints speed on stderr.
 
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -62,7 +62,7 @@ impl BackendTask for Args {
     type Output = ();
     type Error = anyhow::Error;
 
-    fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
+    fn run<B: FluxBackend>(self, device: B::Device) -> Result<()> {
         let loaded = load_as::<B>(
             &self.model,
             &device,

@@ -1,7 +1,7 @@
 //! Scores a text file with a model: a log-prob for every token after the first, and the
 //! perplexity. Windows of `--context` tokens overlap by one token so each token is scored once.
 
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -48,7 +48,7 @@ impl BackendTask for Args {
     type Output = ();
     type Error = anyhow::Error;
 
-    fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
+    fn run<B: FluxBackend>(self, device: B::Device) -> Result<()> {
         let text = std::fs::read_to_string(&self.file)
             .with_context(|| format!("reading {}", self.file.display()))?;
         let loaded = load_as::<B>(

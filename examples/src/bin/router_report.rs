@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use flux_examples::dtype_args::DTypeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::router_data::{read_split, RouterSample};
@@ -76,7 +76,7 @@ impl BackendTask for Args {
     type Output = ();
     type Error = anyhow::Error;
 
-    fn run<B: AttentionBackend>(self, device: B::Device) -> Result<()> {
+    fn run<B: FluxBackend>(self, device: B::Device) -> Result<()> {
         let keep = |mut v: Vec<RouterSample>| {
             if let Some(max) = self.seq_len {
                 v.retain(|s| s.ids.len() <= max);

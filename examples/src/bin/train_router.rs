@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use flux_examples::dtype_args::DTypeArgs;
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{
@@ -226,7 +226,7 @@ impl Args {
     }
 
     /// `--export`: the routers of the run's newest checkpoint, written to `--out`.
-    fn export_checkpoint<B: AttentionBackend>(&self) -> Result<()> {
+    fn export_checkpoint<B: FluxBackend>(&self) -> Result<()> {
         let dir = self.resume.clone().context("--export needs --resume DIR")?;
         let run = RunManifest::read(&dir)?;
         let device = device_number::<B>(self.devices[0])?;
@@ -270,8 +270,8 @@ impl AutodiffTask for Args {
 
     fn run<B>(self, _default_device: B::Device) -> Result<()>
     where
-        B: burn::tensor::backend::AutodiffBackend + AttentionBackend + DataParallelBackend,
-        B::InnerBackend: AttentionBackend,
+        B: burn::tensor::backend::AutodiffBackend + FluxBackend + DataParallelBackend,
+        B::InnerBackend: FluxBackend,
     {
         if self.export {
             return self.export_checkpoint::<B>();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use serde::{Deserialize, Serialize};
 
 use super::score::score;
@@ -63,7 +63,7 @@ pub fn prompt_ids(tokenizer: &Tokenizer, task: &EvalTask) -> Result<Vec<u32>> {
 
 /// Runs `task` greedily under `routing` (named `plan`) and scores the output. A prompt that
 /// does not fit the model's context with the tokens to generate is an error naming the task.
-pub fn evaluate_task<B: AttentionBackend>(
+pub fn evaluate_task<B: FluxBackend>(
     model: &Model<B>,
     tokenizer: &Tokenizer,
     task: &EvalTask,

@@ -7,7 +7,7 @@ mod stop;
 pub use sampling::{argmax, Sampling};
 pub use stop::StopStrings;
 
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use std::time::Instant;
 
 use rand::{rngs::StdRng, SeedableRng};
@@ -101,7 +101,7 @@ impl GenerationOutput {
 
 /// Generates a continuation of `prompt` (token ids), calling `on_text` with each piece of text
 /// as soon as it is final (never half a UTF-8 character, never part of a stop string).
-pub fn generate<B: AttentionBackend>(
+pub fn generate<B: FluxBackend>(
     model: &Model<B>,
     tokenizer: &Tokenizer,
     prompt: &[u32],
@@ -113,7 +113,7 @@ pub fn generate<B: AttentionBackend>(
 
 /// [`generate`] with a routing choice for the prefill (a plan, or the routers), kept for every
 /// decode step.
-pub fn generate_routed<B: AttentionBackend>(
+pub fn generate_routed<B: FluxBackend>(
     model: &Model<B>,
     tokenizer: &Tokenizer,
     prompt: &[u32],

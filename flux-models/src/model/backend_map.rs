@@ -79,9 +79,7 @@ impl<B1: Backend> DecoderLayer<B1> {
         DecoderLayer {
             input_layernorm: self.input_layernorm.map_backend(m),
             self_attn: SelfAttention {
-                q_proj: a.q_proj.map_backend(m),
-                k_proj: a.k_proj.map_backend(m),
-                v_proj: a.v_proj.map_backend(m),
+                qkv_proj: a.qkv_proj.map_backend(m),
                 o_proj: a.o_proj.map_backend(m),
                 qk_norm: a
                     .qk_norm
@@ -93,8 +91,7 @@ impl<B1: Backend> DecoderLayer<B1> {
             },
             post_attention_layernorm: self.post_attention_layernorm.map_backend(m),
             mlp: Mlp {
-                gate_proj: self.mlp.gate_proj.map_backend(m),
-                up_proj: self.mlp.up_proj.map_backend(m),
+                gate_up_proj: self.mlp.gate_up_proj.map_backend(m),
                 down_proj: self.mlp.down_proj.map_backend(m),
             },
         }

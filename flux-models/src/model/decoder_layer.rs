@@ -1,6 +1,6 @@
 //! One pre-norm decoder layer: self-attention then a SwiGLU MLP, each with a residual.
 
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use std::ops::Range;
 
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
@@ -17,9 +17,8 @@ use crate::error::{ModelError, Result};
 /// Self-attention of one layer (GQA, optional q/k norm of Qwen3).
 #[derive(Debug, Clone)]
 pub struct SelfAttention<B: Backend> {
-    pub(crate) q_proj: Linear<B>,
-    pub(crate) k_proj: Linear<B>,
-    pub(crate) v_proj: Linear<B>,
+    /// q, k and v projections as one ([`Linear::concat`]).
+    pub(crate) qkv_proj: Linear<B>,
     pub(crate) o_proj: Linear<B>,
     /// Per-head RMS norms on q and k before RoPE (Qwen3).
     pub(crate) qk_norm: Option<(RmsNorm<B>, RmsNorm<B>)>,
@@ -31,8 +30,8 @@ pub struct SelfAttention<B: Backend> {
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub struct Mlp<B: Backend> {
-    pub(crate) gate_proj: Linear<B>,
-    pub(crate) up_proj: Linear<B>,
+    /// gate and up projections as one ([`Linear::concat`]).
+    pub(crate) gate_up_proj: Linear<B>,
     pub(crate) down_proj: Linear<B>,
 }
 
@@ -45,7 +44,7 @@ pub struct DecoderLayer<B: Backend> {
     pub(crate) mlp: Mlp<B>,
 }
 
-impl<B: AttentionBackend> SelfAttention<B> {
+impl<B: FluxBackend> SelfAttention<B> {
     /// Splits `[b, n, heads * d]` into `[b, heads, n, d]`.
     fn heads(x: Tensor<B, 3>, heads: usize, head_dim: usize) -> Tensor<B, 4> {
         let [b, n, _] = x.dims();
@@ -54,17 +53,19 @@ impl<B: AttentionBackend> SelfAttention<B> {
 
     /// Query, key and value states of `x` `[b, n, hidden]`, before RoPE (after q/k norm).
     fn project(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-        let mut q = Self::heads(
-            self.q_proj.forward(x.clone()),
-            self.num_heads,
-            self.head_dim,
+        let (q_out, kv_out) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
         );
-        let mut k = Self::heads(
-            self.k_proj.forward(x.clone()),
-            self.num_kv_heads,
-            self.head_dim,
-        );
-        let v = Self::heads(self.v_proj.forward(x), self.num_kv_heads, self.head_dim);
+        let mut parts = self
+            .qkv_proj
+            .forward_split(x, &[q_out, kv_out, kv_out])
+            .into_iter();
+        let mut next =
+            |heads| Self::heads(parts.next().expect("three parts"), heads, self.head_dim);
+        let mut q = next(self.num_heads);
+        let mut k = next(self.num_kv_heads);
+        let v = next(self.num_kv_heads);
         if let Some((q_norm, k_norm)) = &self.qk_norm {
             q = q_norm.forward(q);
             k = k_norm.forward(k);
@@ -227,15 +228,20 @@ pub(crate) fn modes_of(full: &[bool], sparse_mode: AttentionMode) -> Vec<Attenti
         .collect()
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: flux_attention::LinearBackend> Mlp<B> {
     /// Applies the MLP to `[b, n, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let width = self.gate_up_proj.out_features() / 2;
+        let [gate, up]: [Tensor<B, 3>; 2] = self
+            .gate_up_proj
+            .forward_split(x, &[width, width])
+            .try_into()
+            .expect("two parts");
+        self.down_proj.forward(silu(gate) * up)
     }
 }
 
-impl<B: AttentionBackend> DecoderLayer<B> {
+impl<B: FluxBackend> DecoderLayer<B> {
     /// `h = x + attn(norm(x)); h + mlp(norm(h))`; see [`SelfAttention::forward`].
     pub(crate) fn forward(
         &self,

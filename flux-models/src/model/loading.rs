@@ -216,9 +216,11 @@ impl<B: Backend> Model<B> {
                     c.rms_norm_eps,
                 )?,
                 self_attn: SelfAttention {
-                    q_proj: r.linear(&format!("{p}.self_attn.q_proj"), q_out, h, c.qkv_bias)?,
-                    k_proj: r.linear(&format!("{p}.self_attn.k_proj"), kv_out, h, c.qkv_bias)?,
-                    v_proj: r.linear(&format!("{p}.self_attn.v_proj"), kv_out, h, c.qkv_bias)?,
+                    qkv_proj: Linear::concat(vec![
+                        r.linear(&format!("{p}.self_attn.q_proj"), q_out, h, c.qkv_bias)?,
+                        r.linear(&format!("{p}.self_attn.k_proj"), kv_out, h, c.qkv_bias)?,
+                        r.linear(&format!("{p}.self_attn.v_proj"), kv_out, h, c.qkv_bias)?,
+                    ]),
                     o_proj: r.linear(&format!("{p}.self_attn.o_proj"), h, q_out, c.o_bias)?,
                     qk_norm,
                     num_heads: c.num_heads,
@@ -231,18 +233,20 @@ impl<B: Backend> Model<B> {
                     c.rms_norm_eps,
                 )?,
                 mlp: Mlp {
-                    gate_proj: r.linear(
-                        &format!("{p}.mlp.gate_proj"),
-                        c.intermediate_size,
-                        h,
-                        c.mlp_bias,
-                    )?,
-                    up_proj: r.linear(
-                        &format!("{p}.mlp.up_proj"),
-                        c.intermediate_size,
-                        h,
-                        c.mlp_bias,
-                    )?,
+                    gate_up_proj: Linear::concat(vec![
+                        r.linear(
+                            &format!("{p}.mlp.gate_proj"),
+                            c.intermediate_size,
+                            h,
+                            c.mlp_bias,
+                        )?,
+                        r.linear(
+                            &format!("{p}.mlp.up_proj"),
+                            c.intermediate_size,
+                            h,
+                            c.mlp_bias,
+                        )?,
+                    ]),
                     down_proj: r.linear(
                         &format!("{p}.mlp.down_proj"),
                         h,

@@ -24,7 +24,7 @@ pub use rope::{Rope, RopeTables};
 pub use routing::Routing;
 pub use timer::AttentionTimer;
 
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -123,7 +123,7 @@ impl<B: Backend> Model<B> {
     }
 }
 
-impl<B: AttentionBackend> Model<B> {
+impl<B: FluxBackend> Model<B> {
     /// An empty KV cache sized for this model.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.layers.len())
@@ -135,12 +135,9 @@ impl<B: AttentionBackend> Model<B> {
         let layer_tracked = |l: &DecoderLayer<B>| {
             let a = &l.self_attn;
             [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
+                &a.qkv_proj,
                 &a.o_proj,
-                &l.mlp.gate_proj,
-                &l.mlp.up_proj,
+                &l.mlp.gate_up_proj,
                 &l.mlp.down_proj,
             ]
             .iter()
@@ -499,15 +496,16 @@ impl<B: AttentionBackend> Model<B> {
         let logits = match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
+                // Tied head: the [vocab, d] embedding is the weight in [out, in] order.
                 let [b, n, d] = hidden.dims();
                 let vocab = self.embed_tokens.dims()[0];
-                // E h^T rather than h E^T: a transposed view of the [vocab, d] embedding would be
-                // copied by ndarray on every call; transposing the activations costs far less.
-                self.embed_tokens
-                    .clone()
-                    .matmul(hidden.reshape([b * n, d]).transpose())
-                    .transpose()
-                    .reshape([b, n, vocab])
+                flux_attention::linear(
+                    hidden.reshape([b * n, d]),
+                    self.embed_tokens.clone(),
+                    None,
+                    flux_attention::WeightLayout::OutIn,
+                )
+                .reshape([b, n, vocab])
             }
         };
         logits.cast(flux_attention::accumulation_dtype(self.dtype.into()))

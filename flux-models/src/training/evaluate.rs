@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use burn::tensor::{activation::log_softmax, Int, Tensor, TensorData};
-use flux_attention::{AttentionBackend, AttentionMode};
+use flux_attention::{AttentionMode, FluxBackend};
 use flux_router::{LayerRoute, RoutingPlan};
 
 use super::layerwise::scalar;
@@ -27,7 +27,7 @@ pub struct SampleScore {
 }
 
 /// Scores the answer `ids[answer]` of one sample given the prompt `ids[..answer.start]`.
-pub fn score_sample<B: AttentionBackend>(
+pub fn score_sample<B: FluxBackend>(
     model: &Model<B>,
     ids: &[u32],
     answer: Range<usize>,
@@ -73,7 +73,7 @@ pub fn score_sample<B: AttentionBackend>(
 
 /// Mean next-token loss (per answer token) of `samples` under `choice`, with each sample's
 /// share of sparse layers.
-pub fn mean_loss<B: AttentionBackend>(
+pub fn mean_loss<B: FluxBackend>(
     model: &Model<B>,
     samples: &[&crate::router_data::RouterSample],
     routing: Routing<'_, B>,
@@ -95,7 +95,7 @@ pub fn mean_loss<B: AttentionBackend>(
 /// that layer running `sparse_mode`, minus the loss with full attention everywhere. Layers
 /// whose sparsification costs least are the ones a static plan makes sparse first (the
 /// DuoAttention / TriangleMix idea at layer granularity).
-pub fn layer_sparsification_costs<B: AttentionBackend>(
+pub fn layer_sparsification_costs<B: FluxBackend>(
     model: &Model<B>,
     samples: &[&crate::router_data::RouterSample],
     sparse_mode: AttentionMode,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use flux_router::{LayerRouterConfig, RouterSet};
 
 use super::checkpoint::latest_epoch_with;
@@ -18,7 +18,7 @@ use crate::model::Model;
 /// The routers of the newest checkpoint in run folder `dir`, for `model` (the model
 /// the run was started for: architecture, layers, heads, head_dim, hidden size and vocabulary
 /// must match), and the number of checkpoint intervals that checkpoint completed.
-pub fn checkpoint_routers<B: AttentionBackend>(
+pub fn checkpoint_routers<B: FluxBackend>(
     model: &Model<B>,
     dir: &Path,
 ) -> Result<(RouterSet<B>, usize)> {

@@ -23,7 +23,7 @@ use burn::tensor::{
     backend::{AutodiffBackend, Backend},
     Int, Tensor, TensorData,
 };
-use flux_attention::{AttentionBackend, AttentionMode};
+use flux_attention::{AttentionMode, FluxBackend};
 use flux_router::{GumbelSoftmax, RouterSet, SparsityObjective, TaskCategory};
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -111,7 +111,7 @@ struct Pass<B: Backend> {
 }
 
 /// Checks a step's input and prepares what its layers share.
-fn prepare<B: AttentionBackend>(
+fn prepare<B: FluxBackend>(
     model: &Model<B>,
     routers: &RouterSet<B>,
     tokens: &Tensor<B, 2, Int>,
@@ -144,7 +144,7 @@ struct Layers<B: Backend> {
 
 /// Every layer from the embeddings of `tokens`, each with its own noise generator.
 #[allow(clippy::too_many_arguments)]
-fn forward_layers<B: AttentionBackend>(
+fn forward_layers<B: FluxBackend>(
     model: &Model<B>,
     routers: &RouterSet<B>,
     tokens: Tensor<B, 2, Int>,
@@ -194,7 +194,7 @@ pub fn router_gradients<B>(
     scale: f64,
 ) -> Result<(GradientsParams, StepStats)>
 where
-    B: AutodiffBackend + AttentionBackend,
+    B: AutodiffBackend + FluxBackend,
 {
     router_gradients_agreed(
         model,
@@ -240,7 +240,7 @@ fn forward_and_losses<B>(
     seed: u64,
 ) -> Result<Forward<B>>
 where
-    B: AutodiffBackend + AttentionBackend,
+    B: AutodiffBackend + FluxBackend,
 {
     let pass = prepare(model, routers, &tokens, input, tau)?;
     let b = pass.spans.len();
@@ -320,7 +320,7 @@ pub fn router_gradients_agreed<B>(
     on_failure: &dyn Fn(&ModelError),
 ) -> Result<(GradientsParams, StepStats)>
 where
-    B: AutodiffBackend + AttentionBackend,
+    B: AutodiffBackend + FluxBackend,
 {
     // Fresh leaves, not the learner's parameters: burn would all-reduce those inside every
     // backward pass of a data-parallel run (see `peers`).
@@ -437,7 +437,7 @@ pub fn router_gradients_full_graph<B>(
     scale: f64,
 ) -> Result<(GradientsParams, StepStats)>
 where
-    B: AutodiffBackend + AttentionBackend,
+    B: AutodiffBackend + FluxBackend,
 {
     let pass = prepare(model, routers, &tokens, &input, tau)?;
     let Layers {
@@ -491,7 +491,7 @@ where
 
 /// Mean next-token loss over the answer tokens, from hidden states `[b, n, hidden]` that leave
 /// the last layer (before the final norm); returns the loss `[1]` and the tokens scored.
-pub fn answer_loss<B: AttentionBackend>(
+pub fn answer_loss<B: FluxBackend>(
     model: &Model<B>,
     hidden: Tensor<B, 3>,
     input: &StepInput<'_>,

@@ -64,7 +64,7 @@ use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::LearningRateMetric;
 use burn::train::renderer::MetricsRenderer;
 use burn::train::{Interrupter, Learner, SupervisedTraining};
-use flux_attention::{AttentionBackend, AttentionMode};
+use flux_attention::{AttentionMode, FluxBackend};
 use flux_router::{
     LayerRouterConfig, RouterMeta, RouterSet, SparsityObjective, TemperatureSchedule,
 };
@@ -242,7 +242,7 @@ pub struct RunManifest {
 
 impl RunManifest {
     /// The manifest of a run of `config` on `model` with data identified by `data_sha256`.
-    pub fn new<B: AttentionBackend>(
+    pub fn new<B: FluxBackend>(
         model: &Model<B>,
         config: &TrainConfig,
         data_sha256: &str,
@@ -338,7 +338,7 @@ pub enum TrainDisplay {
 
 /// The result of a training run.
 #[derive(Debug)]
-pub struct TrainOutcome<B: AttentionBackend> {
+pub struct TrainOutcome<B: FluxBackend> {
     /// The trained routers (inference backend).
     pub routers: RouterSet<B>,
     /// The multipliers at the end.
@@ -379,8 +379,8 @@ pub fn train_routers<B>(
     display: TrainDisplay,
 ) -> Result<TrainOutcome<B::InnerBackend>>
 where
-    B: AutodiffBackend + AttentionBackend,
-    B::InnerBackend: AttentionBackend,
+    B: AutodiffBackend + FluxBackend,
+    B::InnerBackend: FluxBackend,
 {
     if config.devices != 1 {
         return Err(ModelError::Training {
@@ -423,8 +423,8 @@ pub fn train_routers_data_parallel<B>(
     devices: Vec<B::Device>,
 ) -> Result<TrainOutcome<B::InnerBackend>>
 where
-    B: AutodiffBackend + AttentionBackend + burn::tensor::backend::distributed::DistributedBackend,
-    B::InnerBackend: AttentionBackend,
+    B: AutodiffBackend + FluxBackend + burn::tensor::backend::distributed::DistributedBackend,
+    B::InnerBackend: FluxBackend,
 {
     use burn::tensor::backend::distributed::{DistributedConfig, ReduceOperation};
     use burn::train::ExecutionStrategy;
@@ -480,8 +480,8 @@ fn run_training<B>(
     strategy: Option<burn::train::ExecutionStrategy<B>>,
 ) -> Result<TrainOutcome<B::InnerBackend>>
 where
-    B: AutodiffBackend + AttentionBackend,
-    B::InnerBackend: AttentionBackend,
+    B: AutodiffBackend + FluxBackend,
+    B::InnerBackend: FluxBackend,
 {
     config.validate(dir)?;
     let fail = |message: String| ModelError::Training {

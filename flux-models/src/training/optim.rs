@@ -8,7 +8,7 @@ use burn::optim::{
     adaptor::OptimizerAdaptor, AdamW, AdamWConfig, GradientsParams, MultiGradientsParams, Optimizer,
 };
 use burn::tensor::{backend::AutodiffBackend, Tensor};
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use flux_router::{RouterSet, SparsityObjective};
 
 use super::layerwise::scalar;
@@ -127,8 +127,8 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
 
 impl<B> RouterOptimizer<B>
 where
-    B: AutodiffBackend + AttentionBackend,
-    B::InnerBackend: AttentionBackend,
+    B: AutodiffBackend + FluxBackend,
+    B::InnerBackend: FluxBackend,
 {
     fn update(
         &mut self,
@@ -173,8 +173,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_> {
 
 impl<B> Optimizer<RouterTrainer<B>, B> for RouterOptimizer<B>
 where
-    B: AutodiffBackend + AttentionBackend,
-    B::InnerBackend: AttentionBackend,
+    B: AutodiffBackend + FluxBackend,
+    B::InnerBackend: FluxBackend,
 {
     type Record = (
         <RouterAdamW<B> as Optimizer<RouterSet<B>, B>>::Record,

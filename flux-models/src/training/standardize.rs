@@ -8,7 +8,7 @@
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use flux_router::RouterSet;
 
 use crate::error::{ModelError, Result};
@@ -41,7 +41,7 @@ impl RouterInputStatistics {
 
 /// The routers' inputs over `samples` (their prompt spans, `pool_tokens` at each end), under
 /// full attention, one prompt at a time.
-pub fn router_input_statistics<B: AttentionBackend>(
+pub fn router_input_statistics<B: FluxBackend>(
     model: &Model<B>,
     samples: &[&RouterSample],
     pool_tokens: usize,

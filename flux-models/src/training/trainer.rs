@@ -10,7 +10,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::{InferenceStep, Interrupter, ItemLazy, TrainOutput, TrainStep};
-use flux_attention::{AttentionBackend, AttentionMode};
+use flux_attention::{AttentionMode, FluxBackend};
 use flux_router::{RouterSet, SparsityObjective, TaskCategory, TemperatureSchedule};
 
 use super::backbone::Backbone;
@@ -132,8 +132,8 @@ impl ItemLazy for RouterStepOutput {
 
 impl<B> TrainStep for RouterTrainer<B>
 where
-    B: AutodiffBackend + AttentionBackend,
-    B::InnerBackend: AttentionBackend,
+    B: AutodiffBackend + FluxBackend,
+    B::InnerBackend: FluxBackend,
 {
     type Input = RouterBatch<B>;
     type Output = RouterStepOutput;
@@ -247,7 +247,7 @@ where
 
 impl<B> InferenceStep for RouterTrainer<B>
 where
-    B: AttentionBackend,
+    B: FluxBackend,
 {
     type Input = RouterBatch<B>;
     type Output = RouterStepOutput;

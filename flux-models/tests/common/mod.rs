@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
 use burn::tensor::activation::log_softmax;
-use flux_attention::AttentionBackend;
+use flux_attention::FluxBackend;
 use flux_models::Model;
 
 pub type B = NdArray<f32>;
@@ -59,7 +59,7 @@ pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
 }
 
 /// Log-prob of each next token (`ids[i + 1]` given `ids[..=i]`) and the full logits.
-pub fn score<Bk: AttentionBackend>(model: &Model<Bk>, ids: &[u32]) -> (Vec<f64>, Vec<Vec<f32>>) {
+pub fn score<Bk: FluxBackend>(model: &Model<Bk>, ids: &[u32]) -> (Vec<f64>, Vec<Vec<f32>>) {
     let mut cache = model.new_cache();
     let hidden = model
         .forward(model.token_tensor(&[ids.to_vec()]).unwrap(), &mut cache)
@@ -80,7 +80,7 @@ pub fn score<Bk: AttentionBackend>(model: &Model<Bk>, ids: &[u32]) -> (Vec<f64>,
 }
 
 /// Greedy continuation of `steps` tokens through the KV cache, without stopping at EOS.
-pub fn greedy<Bk: AttentionBackend>(model: &Model<Bk>, ids: &[u32], steps: usize) -> Vec<u32> {
+pub fn greedy<Bk: FluxBackend>(model: &Model<Bk>, ids: &[u32], steps: usize) -> Vec<u32> {
     let mut cache = model.new_cache();
     let mut input = ids.to_vec();
     let mut out = Vec::new();
