@@ -5,7 +5,7 @@
 //! prints one table; RESULTS.md keeps the figures. Every timed output is checked against a float64
 //! computation of sampled rows, and the program exits non-zero on any error.
 
-use std::{path::PathBuf, time::Instant};
+use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::{
@@ -14,8 +14,12 @@ use burn::tensor::{
 };
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
 use clap::Parser;
+
+#[path = "../timing.rs"]
+mod timing;
 use flux_attention::{reference, AttentionSpec, BlockSelection, KeyLayout, Visibility};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use timing::time;
 
 #[derive(Parser, Debug)]
 #[command(about = "Correctness and speed of flux's fused attention kernels on a GPU")]
@@ -406,30 +410,6 @@ fn mode_name(v: &Visibility) -> String {
 
 // ------------------------------------------------------------------------------------------
 // Timings
-
-/// Median seconds per call of `f`, after a warm-up call (kernel compilation).
-fn time<B: Backend>(device: &B::Device, budget: f64, mut f: impl FnMut()) -> f64 {
-    f();
-    B::sync(device).expect("device sync");
-    let t0 = Instant::now();
-    f();
-    B::sync(device).expect("device sync");
-    let once = t0.elapsed().as_secs_f64();
-    let reps = ((budget / 5.0 / once.max(1e-6)) as usize).clamp(1, 200);
-    let batches = if once > budget { 3 } else { 5 };
-    let mut per_call: Vec<f64> = (0..batches)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..reps {
-                f();
-            }
-            B::sync(device).expect("device sync");
-            t.elapsed().as_secs_f64() / reps as f64
-        })
-        .collect();
-    per_call.sort_by(f64::total_cmp);
-    per_call[per_call.len() / 2]
-}
 
 /// Relative error of sampled output rows against float64 attention over the same (rounded)
 /// inputs; `kv_of(h)` is the K/V head of query head `h`, `sees(query_pos, key_pos)`.

@@ -4,11 +4,14 @@
 //! `benches/torch_linear.py` times `torch.nn.functional.linear` on the same shapes. The program
 //! exits non-zero on any error; every timed output is also checked on sampled rows.
 
-use std::{path::PathBuf, time::Instant};
+use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
-use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use burn::tensor::{DType, Distribution, Tensor};
 use clap::Parser;
+
+#[path = "../timing.rs"]
+mod timing;
 use flux_attention::{linear, linear_reference, WeightLayout};
 
 type B = burn::backend::Cuda;
@@ -296,30 +299,6 @@ fn check_suite(device: &burn::backend::cuda::CudaDevice, dtype: DType) -> Result
 // ------------------------------------------------------------------------------------------
 // Timings
 
-/// Median seconds per call of `f`, after a warm-up call; calls are queued back to back between
-/// two synchronisations, as in a forward pass.
-fn time(device: &burn::backend::cuda::CudaDevice, budget: f64, mut f: impl FnMut()) -> f64 {
-    f();
-    B::sync(device).expect("device sync");
-    let t0 = Instant::now();
-    f();
-    B::sync(device).expect("device sync");
-    let once = t0.elapsed().as_secs_f64();
-    let reps = ((budget / 5.0 / once.max(1e-6)) as usize).clamp(1, 500);
-    let mut per_call: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..reps {
-                f();
-            }
-            B::sync(device).expect("device sync");
-            t.elapsed().as_secs_f64() / reps as f64
-        })
-        .collect();
-    per_call.sort_by(f64::total_cmp);
-    per_call[2]
-}
-
 fn bench(
     args: &Args,
     device: &burn::backend::cuda::CudaDevice,
@@ -333,7 +312,7 @@ fn bench(
     let x = Tensor::<B, 2>::random([m, k], dist, (device, dtype));
     let w = Tensor::<B, 2>::random([k, n], dist, (device, dtype)).div_scalar((k as f64).sqrt());
     let flops = 2.0 * (m * k * n) as f64;
-    let lt = time(device, args.seconds, || {
+    let lt = timing::time::<B>(device, args.seconds, || {
         let _ = linear(x.clone(), w.clone(), None, WeightLayout::InOut);
     });
     // The timed path's output, checked on sampled rows.
@@ -357,7 +336,7 @@ fn bench(
     let burn = if args.no_burn {
         None
     } else {
-        Some(time(device, args.seconds, || {
+        Some(timing::time::<B>(device, args.seconds, || {
             let _ = linear_reference(x.clone(), w.clone(), None, WeightLayout::InOut);
         }))
     };
