@@ -58,9 +58,10 @@ struct Args {
     plans: Vec<String>,
     #[command(flatten)]
     sparse: SparseModeArgs,
-    /// Prompt length of the warm-up run.
-    #[arg(long, default_value_t = 256)]
-    warmup_tokens: usize,
+    /// Prompt length of the warm-up run of each plan (default: the shortest of --prompt-tokens,
+    /// so that the kernels of the timed shapes compile there).
+    #[arg(long)]
+    warmup_tokens: Option<usize>,
     /// Trained routers: adds a row per prompt length with the plan they choose for that prompt
     /// (chosen by one untimed routed prefill; the routers' own cost is the last column).
     #[arg(long)]
@@ -218,10 +219,18 @@ impl BackendTask for Args {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let warmup: Vec<u32> = (0..self.warmup_tokens.max(1))
+        let warmup_tokens = self
+            .warmup_tokens
+            .or_else(|| self.prompt_tokens.iter().copied().min())
+            .unwrap_or(256);
+        let warmup: Vec<u32> = (0..warmup_tokens.max(1))
             .map(|_| rng.random_range(0..vocab.min(30_000)))
             .collect();
-        run_once(model, &warmup, 2, &plans[0].1, false)?;
+        // Every plan once: its kernels compile here, not in its first timed run (with
+        // --repeats 1 that run would otherwise be the figure).
+        for (_, plan) in &plans {
+            run_once(model, &warmup, 2, plan, false)?;
+        }
         let mut rows = Vec::new();
         for &n in &self.prompt_tokens {
             // Token ids drawn from the lower vocabulary (ordinary tokens, no specials).
