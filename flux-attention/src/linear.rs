@@ -13,7 +13,11 @@ pub use kernels_cubecl::WeightLayout;
 pub trait LinearBackend: Backend {
     /// Whether a call on these tensors must be recorded for a backward pass (an autodiff backend
     /// with a tracked input), so that only the reference may run it.
-    fn linear_needs_graph(_x: &FloatTensor<Self>, _weight: &FloatTensor<Self>) -> bool {
+    fn linear_needs_graph(
+        _x: &FloatTensor<Self>,
+        _weight: &FloatTensor<Self>,
+        _bias: Option<&FloatTensor<Self>>,
+    ) -> bool {
         false
     }
 
@@ -65,13 +69,11 @@ pub fn linear<B: LinearBackend>(
     layout: WeightLayout,
 ) -> Tensor<B, 2> {
     let [xp, wp] = [&x, &weight].map(|t| t.clone().into_primitive().tensor());
-    if !B::linear_needs_graph(&xp, &wp)
+    let bp = bias.as_ref().map(|b| b.clone().into_primitive().tensor());
+    if !B::linear_needs_graph(&xp, &wp, bp.as_ref())
         && B::has_fused_linear(&x.dims(), &weight.dims(), layout, x.dtype(), &x.device())
     {
-        let bias = bias.map(|b| b.into_primitive().tensor());
-        return Tensor::from_primitive(TensorPrimitive::Float(B::fused_linear(
-            xp, wp, bias, layout,
-        )));
+        return Tensor::from_primitive(TensorPrimitive::Float(B::fused_linear(xp, wp, bp, layout)));
     }
     linear_reference(x, weight, bias, layout)
 }
@@ -113,8 +115,12 @@ impl LinearBackend for burn::backend::Flex {}
 impl<B: LinearBackend, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy>
     LinearBackend for burn::backend::Autodiff<B, C>
 {
-    fn linear_needs_graph(x: &FloatTensor<Self>, weight: &FloatTensor<Self>) -> bool {
-        x.is_tracked() || weight.is_tracked()
+    fn linear_needs_graph(
+        x: &FloatTensor<Self>,
+        weight: &FloatTensor<Self>,
+        bias: Option<&FloatTensor<Self>>,
+    ) -> bool {
+        x.is_tracked() || weight.is_tracked() || bias.is_some_and(|b| b.is_tracked())
     }
 
     fn has_fused_linear(
@@ -133,7 +139,7 @@ impl<B: LinearBackend, C: burn::backend::autodiff::checkpoint::strategy::Checkpo
         bias: Option<FloatTensor<Self>>,
         layout: WeightLayout,
     ) -> FloatTensor<Self> {
-        debug_assert!(!Self::linear_needs_graph(&x, &weight));
+        debug_assert!(!Self::linear_needs_graph(&x, &weight, bias.as_ref()));
         FloatTensor::<Self>::new(B::fused_linear(
             x.primitive,
             weight.primitive,
@@ -179,18 +185,16 @@ mod cube {
         ) -> FloatTensor<Self> {
             #[cfg(feature = "cuda")]
             {
-                match cuda::linear::<R>(x.clone(), weight.clone(), bias.clone(), layout) {
-                    Some(y) => return y,
-                    None => {
-                        // Refused or failed before anything was enqueued: the reference.
-                        let t = |p| Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(p));
-                        let bias = bias
-                            .map(|b| Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(b)));
-                        return linear_reference(t(x), t(weight), bias, layout)
-                            .into_primitive()
-                            .tensor();
-                    }
+                if let Some(y) = cuda::linear::<R>(x.clone(), weight.clone(), bias.clone(), layout)
+                {
+                    return y;
                 }
+                // Refused before anything was enqueued: the reference.
+                let tensor = |p| Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(p));
+                let bias = bias.map(|b| Tensor::from_primitive(TensorPrimitive::Float(b)));
+                linear_reference(tensor(x), tensor(weight), bias, layout)
+                    .into_primitive()
+                    .tensor()
             }
             #[cfg(not(feature = "cuda"))]
             {

@@ -8,7 +8,7 @@
 //! Row-major `y [m, n]` is column-major `yᵀ [n, m] = W · xᵀ`: cuBLASLt is called with its m = n
 //! (output features), n = m (tokens), the weight as A and the activations as B.
 
-use std::collections::HashMap;
+use std::collections::{hash_map::Entry, HashMap};
 use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 
@@ -259,14 +259,13 @@ unsafe fn enqueue(
             pointers.get(3).map_or(256, |&p| alignment(p, 0)),
         ],
     };
-    if !state.plans.contains_key(&key) {
-        if state.plans.len() >= MAX_PLANS {
-            state.plans.clear();
-        }
-        let plan = Plan::new(state.handle, &key)?;
-        state.plans.insert(key, plan);
+    if state.plans.len() >= MAX_PLANS && !state.plans.contains_key(&key) {
+        state.plans.clear();
     }
-    let plan = &state.plans[&key];
+    let plan = match state.plans.entry(key) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => e.insert(Plan::new(state.handle, &key)?),
+    };
     if gemm.bias {
         let bias = pointers[3] as *const c_void;
         set_desc(

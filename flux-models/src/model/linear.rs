@@ -20,34 +20,17 @@ impl<B: Backend> Linear<B> {
     /// One projection computing all of `parts` (same input, outputs side by side), so that a
     /// layer's q/k/v or gate/up run as one GEMM: fewer launches, a wider product.
     pub fn concat(parts: Vec<Linear<B>>) -> Self {
-        let with_bias = parts.iter().all(|p| p.bias.is_some());
-        let bias = with_bias.then(|| {
-            Tensor::cat(
-                parts
-                    .iter()
-                    .map(|p| p.bias.clone().expect("checked"))
-                    .collect(),
-                0,
-            )
-        });
-        // A part without bias where another has one: zeros keep the sum right.
-        let bias = bias.or_else(|| {
-            parts.iter().any(|p| p.bias.is_some()).then(|| {
-                Tensor::cat(
-                    parts
-                        .iter()
-                        .map(|p| {
-                            p.bias.clone().unwrap_or_else(|| {
-                                Tensor::zeros(
-                                    [p.out_features()],
-                                    (&p.weight_t.device(), p.weight_t.dtype()),
-                                )
-                            })
-                        })
-                        .collect(),
-                    0,
-                )
-            })
+        // A part without bias beside one with: zeros keep the sum right.
+        let bias = parts.iter().any(|p| p.bias.is_some()).then(|| {
+            let part_bias = |p: &Linear<B>| {
+                p.bias.clone().unwrap_or_else(|| {
+                    Tensor::zeros(
+                        [p.out_features()],
+                        (&p.weight_t.device(), p.weight_t.dtype()),
+                    )
+                })
+            };
+            Tensor::cat(parts.iter().map(part_bias).collect(), 0)
         });
         let weight_t = Tensor::cat(parts.into_iter().map(|p| p.weight_t).collect(), 1);
         Self { weight_t, bias }
