@@ -43,6 +43,20 @@ pub trait AttentionBackend: Backend {
         unreachable!("fused_attention is only called when has_fused_attention is true")
     }
 
+    /// Fused attention that reads its choice on the device: sequence `i` runs full causal
+    /// attention where `full[i]` (`[b]`, q's float dtype) is non-zero and `spec`'s sink + window
+    /// rule otherwise. Called only after [`AttentionBackend::has_fused_attention`] said yes for
+    /// `spec`, which holds a [`crate::Visibility::Window`] rule.
+    fn fused_attention_routed(
+        _q: FloatTensor<Self>,
+        _k: FloatTensor<Self>,
+        _v: FloatTensor<Self>,
+        _full: FloatTensor<Self>,
+        _spec: &AttentionSpec,
+    ) -> FloatTensor<Self> {
+        unreachable!("fused_attention_routed is only called when has_fused_attention is true")
+    }
+
     /// Whether [`AttentionBackend::fused_xattention_keep`] serves XAttention's block selection
     /// for these shapes on `device`.
     fn has_fused_xattention(
@@ -122,6 +136,23 @@ impl<B: AttentionBackend, C: burn::backend::autodiff::checkpoint::strategy::Chec
         ))
     }
 
+    fn fused_attention_routed(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        full: FloatTensor<Self>,
+        spec: &AttentionSpec,
+    ) -> FloatTensor<Self> {
+        debug_assert!(!Self::attention_needs_graph(&q, &k, &v));
+        FloatTensor::<Self>::new(B::fused_attention_routed(
+            q.primitive,
+            k.primitive,
+            v.primitive,
+            full.primitive,
+            spec,
+        ))
+    }
+
     fn has_fused_xattention(
         q: &[usize],
         k: &[usize],
@@ -180,6 +211,17 @@ mod cube {
                 .expect("the call was checked by has_fused_attention")
         }
 
+        fn fused_attention_routed(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            full: FloatTensor<Self>,
+            spec: &AttentionSpec,
+        ) -> FloatTensor<Self> {
+            kernels_cubecl::fused_attention_routed(q, k, v, full, spec)
+                .expect("the call was checked by has_fused_attention and attend_routed")
+        }
+
         fn has_fused_xattention(
             q: &[usize],
             k: &[usize],
@@ -236,6 +278,25 @@ mod fusion {
             let k = handles.get_float_tensor::<B>(k);
             let v = handles.get_float_tensor::<B>(v);
             let o = B::fused_attention(q, k, v, &self.spec);
+            handles.register_float_tensor::<B>(&out.id, o);
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    struct RoutedAttentionOp<B> {
+        desc: CustomOpIr,
+        spec: AttentionSpec,
+        _backend: core::marker::PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + AttentionBackend> Operation<B::FusionRuntime> for RoutedAttentionOp<B> {
+        fn execute(
+            &self,
+            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+        ) {
+            let ([q, k, v, full], [out]) = self.desc.as_fixed();
+            let [q, k, v, full] = [q, k, v, full].map(|t| handles.get_float_tensor::<B>(t));
+            let o = B::fused_attention_routed(q, k, v, full, &self.spec);
             handles.register_float_tensor::<B>(&out.id, o);
         }
     }
@@ -320,11 +381,7 @@ mod fusion {
             spec: &AttentionSpec,
         ) -> FloatTensor<Self> {
             let client = q.client.clone();
-            let out = TensorIr::uninit(
-                client.create_empty_handle(),
-                Shape::from(q.shape.clone()),
-                q.dtype,
-            );
+            let out = TensorIr::uninit(client.create_empty_handle(), q.shape.clone(), q.dtype);
             let streams = OperationStreams::with_inputs([&q, &k, &v]);
             let desc = CustomOpIr::new(
                 "flux_fused_attention",
@@ -332,6 +389,31 @@ mod fusion {
                 &[out],
             );
             let op = FusedAttentionOp::<B> {
+                desc: desc.clone(),
+                spec: spec.clone(),
+                _backend: core::marker::PhantomData,
+            };
+            client
+                .register(streams, OperationIr::Custom(desc), op)
+                .output()
+        }
+
+        fn fused_attention_routed(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            full: FloatTensor<Self>,
+            spec: &AttentionSpec,
+        ) -> FloatTensor<Self> {
+            let client = q.client.clone();
+            let out = TensorIr::uninit(client.create_empty_handle(), q.shape.clone(), q.dtype);
+            let streams = OperationStreams::with_inputs([&q, &k, &v, &full]);
+            let desc = CustomOpIr::new(
+                "flux_routed_attention",
+                &[q.into_ir(), k.into_ir(), v.into_ir(), full.into_ir()],
+                &[out],
+            );
+            let op = RoutedAttentionOp::<B> {
                 desc: desc.clone(),
                 spec: spec.clone(),
                 _backend: core::marker::PhantomData,

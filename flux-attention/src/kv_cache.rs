@@ -28,6 +28,8 @@ pub struct LayerKvCache<B: Backend> {
     /// Sequence length after the first append (the prompt), if any.
     prompt_len: Option<usize>,
     evict: bool,
+    /// Positions the next allocation makes room for at least ([`LayerKvCache::reserve`]).
+    reserved: usize,
 }
 
 impl<B: Backend> Default for LayerKvCache<B> {
@@ -46,6 +48,7 @@ impl<B: Backend> LayerKvCache<B> {
             layout: KeyLayout::default(),
             prompt_len: None,
             evict: false,
+            reserved: 0,
         }
     }
 
@@ -94,8 +97,18 @@ impl<B: Backend> LayerKvCache<B> {
 
     /// Bytes held by the allocated key and value storage.
     pub fn allocated_bytes(&self) -> usize {
-        let elems = |t: &Option<Tensor<B, 4>>| t.as_ref().map_or(0, |t| t.shape().num_elements());
-        (elems(&self.keys) + elems(&self.values)) * std::mem::size_of::<f32>()
+        let bytes = |t: &Option<Tensor<B, 4>>| {
+            t.as_ref()
+                .map_or(0, |t| t.shape().num_elements() * t.dtype().size())
+        };
+        bytes(&self.keys) + bytes(&self.values)
+    }
+
+    /// Makes the next allocation hold at least `positions` stored positions, so that a
+    /// generation whose length is known (prompt + new tokens) allocates once and never copies
+    /// the cache to grow it. A cache that has evicted keeps its small buffer.
+    pub fn reserve(&mut self, positions: usize) {
+        self.reserved = positions;
     }
 
     /// Forgets every position (keeps nothing allocated); eviction stays as it was.
@@ -121,7 +134,15 @@ impl<B: Backend> LayerKvCache<B> {
         if needed > self.capacity() {
             // Grow by a quarter: amortised O(1) per position, without doubling the memory of a
             // long prompt at its first decode step.
-            let capacity = needed.max(self.capacity() + self.capacity() / 4).max(64);
+            let reserved = if self.layout.dropped == 0 {
+                self.reserved
+            } else {
+                0
+            };
+            let capacity = needed
+                .max(self.capacity() + self.capacity() / 4)
+                .max(64)
+                .max(reserved);
             let stored = self.stored;
             let grow = |old: Option<Tensor<B, 4>>| {
                 let fresh = Tensor::<B, 4>::zeros([b, h, capacity, d], (&k.device(), k.dtype()));

@@ -20,6 +20,7 @@
 //! assert_eq!(cache.len(), 10);
 //! ```
 
+mod activation;
 mod backend;
 mod error;
 mod kv_cache;
@@ -28,13 +29,17 @@ mod mode;
 pub mod reference;
 pub mod xattention;
 
+pub use activation::{silu, silu_reference, swiglu, ActivationBackend};
 pub use backend::AttentionBackend;
 
-/// What flux's model code needs from a burn backend: its attention and linear-layer extensions.
-pub trait FluxBackend: AttentionBackend + LinearBackend {}
-impl<B: AttentionBackend + LinearBackend> FluxBackend for B {}
+/// What flux's model code needs from a burn backend: its attention, linear-layer and
+/// activation extensions.
+pub trait FluxBackend: AttentionBackend + LinearBackend + ActivationBackend {}
+impl<B: AttentionBackend + LinearBackend + ActivationBackend> FluxBackend for B {}
 pub use error::AttentionError;
 pub use kernels_cubecl::AttentionSpec;
+#[cfg(feature = "kernels")]
+pub use kernels_cubecl::{enable_kernel_cache, kernel_cache_dir};
 pub use kv_cache::LayerKvCache;
 pub use linear::{linear, linear_reference, LinearBackend, WeightLayout};
 pub use mode::AttentionMode;
@@ -69,8 +74,117 @@ pub fn attend<B: AttentionBackend>(
     cache: &mut LayerKvCache<B>,
     mode: &AttentionMode,
 ) -> Result<Tensor<B, 4>, AttentionError> {
+    check_new_positions(&q, &k_new, &v_new, cache)?;
+    mode.validate()?;
+    let prefill = cache.is_empty();
+    let (k, v) = cache.append(k_new, v_new);
+    let prompt_len = cache.prompt_len().unwrap_or(cache.len());
+    let visibility = visibility(&q, &k, mode, prefill, prompt_len);
+    let out = run(q, k, v, cache.layout(), visibility);
+    if let Some((sink, window)) = mode.decode_window() {
+        cache.evict_outside(sink, window);
+    }
+    Ok(out)
+}
+
+/// The prompt of a layer whose choice between full attention and `sparse_mode` was made on the
+/// device (a router's decision): sequence `i` attends fully where `full[i]` (`[b]`, q's float
+/// dtype) is non-zero, under `sparse_mode` otherwise. Shapes and the cache as in [`attend`];
+/// `cache` must be empty.
+///
+/// Where the backend has a fused kernel and `sparse_mode` reads a sink and a window (streaming,
+/// triangle), the kernel reads `full` itself, so the host does not wait for the decision.
+/// Otherwise `full` is read back and the chosen attention runs. The cache keeps every position:
+/// once the caller has read the decision, a sparse layer evicts with
+/// [`LayerKvCache::evict_outside`] (as [`attend`] does after each call).
+pub fn attend_routed<B: AttentionBackend>(
+    q: Tensor<B, 4>,
+    k_new: Tensor<B, 4>,
+    v_new: Tensor<B, 4>,
+    cache: &mut LayerKvCache<B>,
+    full: Tensor<B, 1>,
+    sparse_mode: &AttentionMode,
+) -> Result<Tensor<B, 4>, AttentionError> {
+    check_new_positions(&q, &k_new, &v_new, cache)?;
+    sparse_mode.validate()?;
+    let b = q.dims()[0];
+    if full.dims() != [b] {
+        return Err(AttentionError::Shape {
+            tensor: "full",
+            expected: format!("[{b}], one flag per sequence"),
+            found: full.dims().to_vec(),
+        });
+    }
+    if !cache.is_empty() {
+        return Err(AttentionError::InvalidArgument {
+            argument: "cache",
+            message: format!(
+                "holds {} positions: a routed call is a prompt, on an empty cache",
+                cache.len()
+            ),
+        });
+    }
+    let (k, v) = cache.append(k_new, v_new);
+    let sparse = visibility(&q, &k, sparse_mode, true, cache.len());
+    let mut spec = AttentionSpec::new(sparse, q.dims()[3]);
+    spec.layout = cache.layout();
+    let [qp, kp, vp] = [&q, &k, &v].map(|t| t.clone().into_primitive().tensor());
+    if matches!(spec.visibility, Visibility::Window { .. })
+        && !B::attention_needs_graph(&qp, &kp, &vp)
+        && B::has_fused_attention(&q.dims(), &k.dims(), q.dtype(), &spec, &q.device())
+    {
+        let full = full
+            .cast(FloatDType::from(q.dtype()))
+            .into_primitive()
+            .tensor();
+        let out = B::fused_attention_routed(qp, kp, vp, full, &spec);
+        return Ok(Tensor::from_primitive(TensorPrimitive::Float(out)));
+    }
+    // No kernel reads the flags: read them, run what they chose (both, mixed per sequence,
+    // when the sequences disagree).
+    let flags: Vec<bool> = full
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 after convert")
+        .iter()
+        .map(|&x| x != 0.0)
+        .collect();
+    let layout = cache.layout();
+    let run_full = || run(q.clone(), k.clone(), v.clone(), layout, Visibility::Causal);
+    let run_sparse = || {
+        run(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            layout,
+            spec.visibility.clone(),
+        )
+    };
+    Ok(if flags.iter().all(|&f| f) {
+        run_full()
+    } else if flags.iter().all(|&f| !f) {
+        run_sparse()
+    } else {
+        let mix = full
+            .not_equal_elem(0.0)
+            .float()
+            .cast(FloatDType::from(q.dtype()))
+            .reshape([b, 1, 1, 1]);
+        run_full() * mix.clone() + run_sparse() * mix.neg().add_scalar(1.0)
+    })
+}
+
+/// Checks a call's queries and new keys and values against each other and against `cache`.
+fn check_new_positions<B: AttentionBackend>(
+    q: &Tensor<B, 4>,
+    k_new: &Tensor<B, 4>,
+    v_new: &Tensor<B, 4>,
+    cache: &LayerKvCache<B>,
+) -> Result<(), AttentionError> {
     check_shapes(&q.dims(), &k_new.dims(), &v_new.dims())?;
-    check_dtypes(&q, &k_new, &v_new)?;
+    check_dtypes(q, k_new, v_new)?;
     if let Some(cached) = cache.dtype() {
         if cached != k_new.dtype() {
             return Err(AttentionError::InvalidArgument {
@@ -98,16 +212,7 @@ pub fn attend<B: AttentionBackend>(
             });
         }
     }
-    mode.validate()?;
-    let prefill = cache.is_empty();
-    let (k, v) = cache.append(k_new, v_new);
-    let prompt_len = cache.prompt_len().unwrap_or(cache.len());
-    let visibility = visibility(&q, &k, mode, prefill, prompt_len);
-    let out = run(q, k, v, cache.layout(), visibility);
-    if let Some((sink, window)) = mode.decode_window() {
-        cache.evict_outside(sink, window);
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Causal attention without a cache: the `nq` queries are the last `nq` positions of the `nk`

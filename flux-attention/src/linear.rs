@@ -224,7 +224,7 @@ mod cube {
 
         pub(super) fn serves<R: CubeRuntime>(x: &[usize], weight: &[usize], dtype: DType) -> bool {
             TypeId::of::<R>() == TypeId::of::<CudaRuntime>()
-                && matches!(dtype, DType::BF16 | DType::F16)
+                && matches!(dtype, DType::BF16 | DType::F16 | DType::F32)
                 && x.len() == 2
                 && weight.len() == 2
                 && x.iter().chain(weight).all(|&d| d > 0)

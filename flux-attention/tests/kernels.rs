@@ -394,3 +394,119 @@ fn xattention_mode_through_the_entry_point() {
     };
     entry_point_matches_reference(9, case(1, 4, 2, 200, 200, 64), mode);
 }
+
+/// `attend_routed` with its flags on the device, against float64 with the choice made on the
+/// host: each sequence attends fully where its flag is set and under the sparse mode elsewhere.
+/// Run on `B` (CubeBackend: the kernel reads the flags; burn's Wgpu: the same through a fusion
+/// custom op; ndarray: the flags are read back).
+fn routed_matches_naive<B: flux_attention::AttentionBackend>(
+    seed: u64,
+    c: Case,
+    flags: &[bool],
+    mode: flux_attention::AttentionMode,
+) -> f64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (qs, ks) = ([c.b, c.hq, c.nq, c.d], [c.b, c.hkv, c.nk, c.d]);
+    let q = random(&mut rng, qs.iter().product());
+    let k = random(&mut rng, ks.iter().product());
+    let v = random(&mut rng, ks.iter().product());
+    let dev = Default::default();
+    let t =
+        |x: &[f32], s: [usize; 4]| Tensor::<B, 4>::from_data(TensorData::new(x.to_vec(), s), &dev);
+    let full = Tensor::<B, 1>::from_data(
+        TensorData::new(flags.iter().map(|&f| f as u8 as f32).collect(), [c.b]),
+        &dev,
+    );
+    let mut cache = flux_attention::LayerKvCache::new();
+    let got: Vec<f32> =
+        flux_attention::attend_routed(t(&q, qs), t(&k, ks), t(&v, ks), &mut cache, full, &mode)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap();
+    assert_eq!(
+        cache.len(),
+        c.nk,
+        "the cache keeps every position of the prompt"
+    );
+    let (sink, window, dense) = match mode {
+        flux_attention::AttentionMode::Streaming { sink, window } => (sink, window, 0..0),
+        flux_attention::AttentionMode::Triangle {
+            sink,
+            window,
+            last_queries,
+        } => (sink, window, c.nk - last_queries.min(c.nk)..c.nk),
+        other => panic!("{other:?} is not a sink + window mode"),
+    };
+    let want = common::naive_masked(&c, &q, &k, &v, |b, _, p, j| {
+        if flags[b] {
+            j <= p
+        } else {
+            Visibility::window_sees(sink, window, &dense, p, j)
+        }
+    });
+    common::max_abs_diff(&got, &want)
+}
+
+#[test]
+fn routed_attention_reads_its_choice_on_the_device() {
+    use flux_attention::AttentionMode::{Streaming, Triangle};
+    let triangle = Triangle {
+        sink: 3,
+        window: 17,
+        last_queries: 20,
+    };
+    let streaming = Streaming {
+        sink: 4,
+        window: 33,
+    };
+    // (case, flags, mode): mixed and uniform batches, GQA, a split-KV-sized prompt and a longer one.
+    for (i, (c, flags, mode)) in [
+        (
+            case(3, 4, 2, 100, 100, 64),
+            vec![true, false, true],
+            streaming,
+        ),
+        (case(2, 4, 1, 300, 300, 32), vec![false, true], triangle),
+        (case(1, 2, 2, 130, 130, 64), vec![true], streaming),
+        (case(1, 2, 2, 130, 130, 64), vec![false], triangle),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 40 + i as u64;
+        let errors = [
+            routed_matches_naive::<Gpu>(seed, c, &flags, mode),
+            routed_matches_naive::<burn::backend::Wgpu>(seed, c, &flags, mode),
+            routed_matches_naive::<Cpu>(seed, c, &flags, mode),
+        ];
+        for (backend, err) in ["CubeBackend", "Wgpu (fusion)", "ndarray"]
+            .iter()
+            .zip(errors)
+        {
+            assert!(
+                err < 2e-5,
+                "{backend} {c:?} {flags:?} {mode:?}: max abs error {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn routed_attention_refuses_a_started_cache_and_wrong_flags() {
+    type B = Cpu;
+    let dev = Default::default();
+    let x = |n| Tensor::<B, 4>::ones([1, 2, n, 8], &dev);
+    let mode = flux_attention::AttentionMode::Streaming { sink: 1, window: 4 };
+    let mut cache = flux_attention::LayerKvCache::new();
+    let flags = |n| Tensor::<B, 1>::ones([n], &dev);
+    let err = flux_attention::attend_routed(x(3), x(3), x(3), &mut cache, flags(2), &mode)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("full"), "{err}");
+    flux_attention::attend(x(3), x(3), x(3), &mut cache, &mode).unwrap();
+    let err = flux_attention::attend_routed(x(1), x(1), x(1), &mut cache, flags(1), &mode)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("empty cache"), "{err}");
+}

@@ -354,6 +354,39 @@ fn eviction_keeps_sink_window_caches_bounded() {
 }
 
 #[test]
+fn a_reserved_cache_allocates_once_and_computes_the_same() {
+    let mut rng = StdRng::seed_from_u64(26);
+    let (b, hq, hkv, d) = (1, 2, 1, 16);
+    let mut growing = LayerKvCache::<B>::new();
+    let mut reserved = LayerKvCache::<B>::new();
+    reserved.reserve(300);
+    let (mut capacities, mut grown) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let n = if i == 0 { 101 } else { 1 };
+        let q = tensor(&random(&mut rng, b * hq * n * d), [b, hq, n, d]);
+        let k = tensor(&random(&mut rng, b * hkv * n * d), [b, hkv, n, d]);
+        let v = tensor(&random(&mut rng, b * hkv * n * d), [b, hkv, n, d]);
+        let mode = AttentionMode::Full;
+        let g = attend(q.clone(), k.clone(), v.clone(), &mut growing, &mode).unwrap();
+        let r = attend(q, k, v, &mut reserved, &mode).unwrap();
+        assert_eq!(to_vec(g), to_vec(r), "step {i}");
+        capacities.push(reserved.capacity());
+        grown.push(growing.capacity());
+    }
+    assert!(
+        capacities.iter().all(|&c| c == 300),
+        "one allocation of the reserved size: {capacities:?}"
+    );
+    grown.dedup();
+    assert!(
+        grown.len() > 3,
+        "without a reservation the cache grows: {grown:?}"
+    );
+    // f32 keys and values: 2 x 300 positions x d.
+    assert_eq!(reserved.allocated_bytes(), 2 * 300 * hkv * d * 4);
+}
+
+#[test]
 fn invalid_parameters_name_the_argument() {
     let bad = [
         (AttentionMode::Streaming { sink: 4, window: 0 }, "window"),

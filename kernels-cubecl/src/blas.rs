@@ -1,14 +1,16 @@
 //! Linear layers on cuBLASLt: `y = x·Wᵀ (+ b)` for burn-cubecl CUDA tensors in bf16 / f16 with
-//! f32 accumulation.
+//! f32 accumulation, and in f32 (full f32 arithmetic, no TF32: the routers' small products).
 //!
 //! The GEMM is enqueued on the CUDA stream cubecl launches its own kernels on (the `with_stream`
 //! hook of the vendored cubecl-cuda, vendor/README.md), so it is ordered with them and costs no
-//! host synchronisation: one blocking message to the device's server thread per call.
+//! host synchronisation. The first call of a shape waits for the device's server thread (it
+//! builds the plan and can report a refusal); later calls of that shape are queued to it like
+//! cubecl's own launches, without waiting.
 //!
 //! Row-major `y [m, n]` is column-major `yᵀ [n, m] = W · xᵀ`: cuBLASLt is called with its m = n
 //! (output features), n = m (tokens), the weight as A and the activations as B.
 
-use std::collections::{hash_map::Entry, HashMap};
+use std::collections::{hash_map::Entry, HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 
@@ -42,7 +44,7 @@ pub fn cublaslt_available() -> bool {
 }
 
 /// `x [m, k] · Wᵀ (+ bias [n])` → `[m, n]` in `x`'s dtype, with the weight stored as `layout`
-/// says. `x`, the weight and the bias must share a dtype, bf16 or f16; strided inputs are made
+/// says. `x`, the weight and the bias must share a dtype, bf16, f16 or f32; strided inputs are made
 /// contiguous first. An error means nothing was enqueued.
 pub fn linear(
     x: Tensor,
@@ -65,7 +67,9 @@ pub fn linear(
     let data_type = match x.dtype {
         DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
         DType::F16 => sys::cudaDataType::CUDA_R_16F,
-        other => return fail(format!("dtype {other:?} (bf16 or f16 only)")),
+        // Full f32 arithmetic (no TF32): small products such as the routers'.
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        other => return fail(format!("dtype {other:?} (bf16, f16 or f32 only)")),
     };
     if weight.dtype != x.dtype {
         return fail(format!("x is {:?}, the weight {:?}", x.dtype, weight.dtype));
@@ -113,20 +117,49 @@ pub fn linear(
     if let Some(b) = &bias {
         bindings.push(b.handle.clone().binding());
     }
+    if let Some(failure) = QUEUED_FAILURE.get() {
+        return fail(format!(
+            "an earlier queued cuBLASLt product failed: {failure}"
+        ));
+    }
     let device_id = x.device.to_id();
     let device = device_id.index_id as usize;
     let stream_id = StreamId::current();
-    DeviceHandle::<CudaServer>::new(device_id)
-        .submit_blocking(move |server| {
-            server.with_stream(stream_id, bindings, |stream, pointers| {
+    let run = move |server: &mut CudaServer| {
+        server
+            .with_stream(stream_id, bindings, |stream, pointers| {
                 // SAFETY: on the server thread with the device's context current; the pointers
                 // are live allocations of the shapes `gemm` describes, and `stream` orders the
                 // product after the kernels that wrote them.
                 unsafe { enqueue(device, stream, pointers, gemm) }
             })
-        })
-        .map_err(|e| KernelError::Linear(format!("the CUDA device thread failed: {e:?}")))?
-        .map_err(|e| KernelError::Linear(format!("the CUDA stream is not usable: {e:?}")))??;
+            .map_err(|e| KernelError::Linear(format!("the CUDA stream is not usable: {e:?}")))?
+    };
+    let handle = DeviceHandle::<CudaServer>::new(device_id);
+    let known = known_good()
+        .as_ref()
+        .is_some_and(|k| k.contains(&(device, gemm)));
+    if known {
+        // Queued like a kernel launch: the caller does not wait for the server thread.
+        handle.submit(move |server| {
+            if let Err(e) = run(server) {
+                let message = e.to_string();
+                if QUEUED_FAILURE.set(message.clone()).is_ok() {
+                    eprintln!(
+                        "flux: a queued cuBLASLt product failed, its output is invalid and later \
+                         linear layers use burn's matmul: {message}"
+                    );
+                }
+            }
+        });
+    } else {
+        handle
+            .submit_blocking(run)
+            .map_err(|e| KernelError::Linear(format!("the CUDA device thread failed: {e:?}")))??;
+        known_good()
+            .get_or_insert_with(HashSet::new)
+            .insert((device, gemm));
+    }
     Ok(out)
 }
 
@@ -207,6 +240,19 @@ unsafe impl Send for DeviceState {}
 
 static STATES: Mutex<Vec<Option<DeviceState>>> = Mutex::new(Vec::new());
 
+/// Products (per device) that ran once: they are queued without waiting from then on.
+static KNOWN_GOOD: Mutex<Option<HashSet<(usize, Gemm)>>> = Mutex::new(None);
+
+/// The first failure of a product queued without waiting. Its output was not written, so it is
+/// reported at once, and every later call is refused (burn's matmul then runs).
+static QUEUED_FAILURE: OnceLock<String> = OnceLock::new();
+
+fn known_good() -> std::sync::MutexGuard<'static, Option<HashSet<(usize, Gemm)>>> {
+    KNOWN_GOOD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn lt_error(what: &str, e: lt::CublasError) -> KernelError {
     KernelError::Linear(format!("{what}: {:?}", e.0))
 }
@@ -249,7 +295,10 @@ unsafe fn enqueue(
             w
         }
     };
-    let bytes = 2; // bf16 / f16
+    let bytes = match gemm.data_type {
+        sys::cudaDataType::CUDA_R_32F => 4,
+        _ => 2,
+    };
     let key = PlanKey {
         gemm,
         align: [

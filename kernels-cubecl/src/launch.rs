@@ -14,7 +14,8 @@ use crate::{
     prefill_portable::{self, combine_splits, flash_attention_portable},
     spec::{AttentionSpec, BlockSelection, Visibility},
     visibility::{
-        MaskParamsLaunch, MetaOffsetsLaunch, FULL_TILE, RULE_BLOCKS, RULE_CAUSAL, RULE_WINDOW,
+        MaskParamsLaunch, MetaOffsetsLaunch, FULL_TILE, NO_ROUTE, RULE_BLOCKS, RULE_CAUSAL,
+        RULE_WINDOW,
     },
     KernelError,
 };
@@ -323,6 +324,88 @@ pub fn fused_attention<R: CubeRuntime>(
     Ok(out)
 }
 
+/// Fused attention whose choice between full and sink + window attention is read on the
+/// device: sequence `i` runs full causal attention where `full[i]` is non-zero, `spec`'s
+/// window rule otherwise. `full` is `[b]` in any float dtype (a router's decision, still on the
+/// device), so the host never waits for it. `spec` must hold a [`Visibility::Window`] rule.
+pub fn fused_attention_routed<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    full: CubeTensor<R>,
+    spec: &AttentionSpec,
+) -> Result<CubeTensor<R>, KernelError> {
+    check_route(&full, q.meta.shape()[0], spec)?;
+    let (dims, choice) = prepare_call(&q, &[(&k, "k"), (&v, "v")], spec)?;
+    let out = empty_device_contiguous_dtype::<R>(
+        q.client.clone(),
+        q.device.clone(),
+        q.meta.shape().clone(),
+        q.dtype,
+    );
+    // Two launches into one output, each computing the sequences its flag value selects: full
+    // attention under the causal rule, as fast as an unrouted call (the window rule with every
+    // query dense costs a few percent more), and the sparse rule for the rest.
+    let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+    let causal = AttentionSpec {
+        visibility: Visibility::Causal,
+        ..spec.clone()
+    };
+    for (spec, full_here) in [(&causal, true), (spec, false)] {
+        let route = Some((&full, full_here));
+        let (q, k, v) = (q.clone(), k.clone(), v.clone());
+        launch_kernel(q, k, v, out.clone(), route, spec, &dims, choice);
+    }
+    Ok(out)
+}
+
+/// A routed call's flags are `[b]` floats and its rule is sink + window.
+fn check_route<R: CubeRuntime>(
+    full: &CubeTensor<R>,
+    b: usize,
+    spec: &AttentionSpec,
+) -> Result<(), KernelError> {
+    if full.meta.shape().as_slice() != [b] {
+        return Err(tensor_err(
+            "full",
+            format!(
+                "must hold one flag per sequence, [{b}], has shape {:?}",
+                full.meta.shape()
+            ),
+        ));
+    }
+    if !matches!(
+        full.dtype,
+        DType::F32 | DType::F16 | DType::BF16 | DType::F64
+    ) {
+        return Err(tensor_err(
+            "full",
+            format!("dtype {:?} is not a float type", full.dtype),
+        ));
+    }
+    if !matches!(spec.visibility, Visibility::Window { .. }) {
+        return Err(arg_err(
+            "visibility",
+            "a routed call chooses between full and a sink + window rule".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes route flags (non-zero float: full) into a launch's metadata array at `at`.
+#[cube(launch_unchecked)]
+fn store_route<F: Float>(
+    full: &Tensor<F>,
+    meta: &mut Array<u32>,
+    at: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i < full.len() {
+        meta[at as usize + i] = select(full[i] != F::new(0.0), 1u32, 0u32);
+    }
+}
+
 /// [`fused_attention`] into a given contiguous output of `q`'s shape and dtype (tests poison it
 /// first, so that an element no kernel writes shows).
 pub fn fused_attention_into<R: CubeRuntime>(
@@ -332,7 +415,24 @@ pub fn fused_attention_into<R: CubeRuntime>(
     out: CubeTensor<R>,
     spec: &AttentionSpec,
 ) -> Result<KernelChoice, KernelError> {
-    for (t, name) in [(&k, "k"), (&v, "v"), (&out, "out")] {
+    if out.meta.shape() != q.meta.shape() || !out.is_contiguous() {
+        return Err(tensor_err(
+            "out",
+            format!("must be contiguous with q's shape {:?}", q.meta.shape()),
+        ));
+    }
+    let (dims, choice) = prepare_call(&q, &[(&k, "k"), (&v, "v"), (&out, "out")], spec)?;
+    launch_kernel(q, k, v, out, None, spec, &dims, choice);
+    Ok(choice)
+}
+
+/// Checks a call (`others`, named, in q's dtype; k and v first) and picks its kernel.
+fn prepare_call<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    others: &[(&CubeTensor<R>, &'static str)],
+    spec: &AttentionSpec,
+) -> Result<(CallDims, KernelChoice), KernelError> {
+    for &(t, name) in others {
         if t.dtype != q.dtype {
             return Err(tensor_err(
                 name,
@@ -340,12 +440,7 @@ pub fn fused_attention_into<R: CubeRuntime>(
             ));
         }
     }
-    if out.meta.shape() != q.meta.shape() || !out.is_contiguous() {
-        return Err(tensor_err(
-            "out",
-            format!("must be contiguous with q's shape {:?}", q.meta.shape()),
-        ));
-    }
+    let (k, v) = (others[0].0, others[1].0);
     let dims = check_call(
         q.meta.shape(),
         k.meta.shape(),
@@ -354,8 +449,7 @@ pub fn fused_attention_into<R: CubeRuntime>(
         spec,
     )?;
     let choice = choose_kernel(&q.client, &dims, q.dtype)?;
-    launch_kernel(q, k, v, out, spec, &dims, choice);
-    Ok(choice)
+    Ok((dims, choice))
 }
 
 /// The kernel that serves a checked call on this device, or why none can.
@@ -475,11 +569,13 @@ impl KernelChoice {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch_kernel<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
     out: CubeTensor<R>,
+    route: Option<(&CubeTensor<R>, bool)>,
     spec: &AttentionSpec,
     dims: &CallDims,
     choice: KernelChoice,
@@ -511,13 +607,43 @@ fn launch_kernel<R: CubeRuntime>(
     };
     let sat = |x: usize| x.min(u32::MAX as usize) as u32;
     let q_tiles = (dims.group() * dims.nq).div_ceil(rows);
-    // Every small table in one upload: q_lens, kv_lens, tile counts, tile lists, keep flags.
+    // Every small table in one upload: q_lens, kv_lens, tile counts, tile lists, keep flags,
+    // then room for the route flags, which a kernel copies in on the device.
     let b = dims.b as u32;
     let (counts_at, lists_at) = (2 * b, 2 * b + counts.len() as u32);
     let keep_at = lists_at + lists.len() as u32;
-    let meta_data: Vec<u32> = [&dims.q_lens[..], &dims.kv_lens, &counts, &lists, &keep].concat();
+    let route_at = keep_at + keep.len() as u32;
+    let route_room = vec![0u32; if route.is_some() { dims.b } else { 0 }];
+    let meta_data: Vec<u32> = [
+        &dims.q_lens[..],
+        &dims.kv_lens,
+        &counts,
+        &lists,
+        &keep,
+        &route_room,
+    ]
+    .concat();
     let (meta, meta_n) = u32_array(&client, &meta_data);
-    let meta_at = || MetaOffsetsLaunch::new(0, b, counts_at, lists_at);
+    let route_offset = if route.is_some() { route_at } else { NO_ROUTE };
+    if let Some((full, _)) = route {
+        let full = into_contiguous(full.clone());
+        let dtype = full.dtype;
+        // SAFETY: one thread per flag, bounded by the flag count; `meta` has `b` words at
+        // `route_at`.
+        unsafe {
+            store_route::launch_unchecked::<R>(
+                &client,
+                CubeCount::Static(dims.b.div_ceil(256) as u32, 1, 1),
+                CubeDim::new_1d(256),
+                full.into_tensor_arg(),
+                ArrayArg::from_raw_parts(meta.clone(), meta_n),
+                route_at,
+                dtype.into(),
+            )
+        }
+    }
+    let route_full = route.is_some_and(|(_, full_here)| full_here) as u32;
+    let meta_at = || MetaOffsetsLaunch::new(0, b, counts_at, lists_at, route_offset, route_full);
     let mask = MaskParamsLaunch::new(
         sat(sink),
         sat(window),

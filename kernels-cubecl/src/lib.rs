@@ -18,8 +18,12 @@
 //! assert!((spec.scale - 1.0 / 128f32.sqrt()).abs() < 1e-7);
 //! ```
 
+#[cfg(feature = "kernels")]
+pub mod activation;
 #[cfg(feature = "cublas")]
 pub mod blas;
+#[cfg(feature = "kernels")]
+mod compilation_cache;
 mod error;
 #[cfg(feature = "kernels")]
 mod launch;
@@ -34,10 +38,13 @@ mod visibility;
 #[cfg(feature = "kernels")]
 mod xattention;
 
+#[cfg(feature = "kernels")]
+pub use compilation_cache::{enable_kernel_cache, kernel_cache_dir};
 pub use error::KernelError;
 #[cfg(feature = "kernels")]
 pub use launch::{
-    check_call, choose_kernel, fused_attention, fused_attention_into, CallDims, KernelChoice,
+    check_call, choose_kernel, fused_attention, fused_attention_into, fused_attention_routed,
+    CallDims, KernelChoice,
 };
 pub use linear::WeightLayout;
 pub use spec::{AttentionSpec, BlockSelection, KeyLayout, Visibility, XAttentionBlocks};

@@ -20,8 +20,8 @@ use cubecl::prelude::*;
 
 use crate::prefill_portable::NEG;
 use crate::visibility::{
-    position, sees, tile_at, tile_fully_visible, tile_range, MaskParams, MetaOffsets, FULL_TILE,
-    RULE_BLOCKS,
+    computes_sequence, position, sees, tile_at, tile_fully_visible, tile_range, MaskParams,
+    MetaOffsets, FULL_TILE, RULE_BLOCKS,
 };
 
 /// Stacked query rows per cube (16 per plane).
@@ -88,6 +88,9 @@ pub fn flash_attention_cmma<F: Float, N: Size>(
     let nk = k.shape(2) as u32;
     let q_len = meta[(meta_at.q_lens + b) as usize];
     let kv_len = meta[(meta_at.kv_lens + b) as usize];
+    if !computes_sequence(meta, &meta_at, b) {
+        terminate!();
+    }
     let first_q = kv_len - q_len;
 
     let gm0 = qt * ROWS;

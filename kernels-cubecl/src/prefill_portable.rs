@@ -15,8 +15,8 @@
 use cubecl::prelude::*;
 
 use crate::visibility::{
-    position, sees, tile_at, tile_fully_visible, tile_range, MaskParams, MetaOffsets, FULL_TILE,
-    RULE_BLOCKS,
+    computes_sequence, position, sees, tile_at, tile_fully_visible, tile_range, MaskParams,
+    MetaOffsets, FULL_TILE, RULE_BLOCKS,
 };
 
 /// Threads per cube; a launch picks `rows x lanes` (stacked query rows per cube, threads per
@@ -71,6 +71,9 @@ pub fn flash_attention_portable<F: Float, N: Size>(
     let nk = k.shape(2) as u32;
     let q_len = meta[(meta_at.q_lens + b) as usize];
     let kv_len = meta[(meta_at.kv_lens + b) as usize];
+    if !computes_sequence(meta, &meta_at, b) {
+        terminate!();
+    }
     let first_q = kv_len - q_len;
 
     let gm0 = qt * rows;
@@ -327,6 +330,9 @@ pub fn combine_splits<F: Float>(
     let rows = CUBE_COUNT_X;
     let b = row / (hq * nq);
     let i = row % nq;
+    if !computes_sequence(meta, &meta_at, b) {
+        terminate!();
+    }
     let mut m = NEG.runtime();
     for s in 0..n_splits {
         m = m.max(ml_part[((s * rows + row) * 2) as usize]);

@@ -56,6 +56,28 @@ pub struct MetaOffsets {
     pub counts: u32,
     /// Key tile lists (blocks rule).
     pub lists: u32,
+    /// Per-sequence route flags of a routed call (non-zero: full attention), or [`NO_ROUTE`].
+    pub route: u32,
+    /// In a routed call, which sequences this launch computes: 1, those whose flag is set
+    /// (full attention); 0, the others.
+    pub route_full: u32,
+}
+
+/// [`MetaOffsets::route`] of a call that is not routed.
+pub const NO_ROUTE: u32 = u32::MAX;
+
+/// Whether this launch computes sequence `b`. A routed call is two launches over the same
+/// output, the causal rule for the sequences routed to full attention and the sparse rule for
+/// the others, each reading the flags on the device; a cube of the other launch's sequences
+/// exits at once (uniform over the cube).
+#[cube]
+pub fn computes_sequence(meta: &Array<u32>, meta_at: &MetaOffsets, b: u32) -> bool {
+    let mut here = true;
+    if meta_at.route != NO_ROUTE {
+        let full = select(meta[(meta_at.route + b) as usize] != 0, 1u32, 0u32);
+        here = full == meta_at.route_full;
+    }
+    here
 }
 
 /// Sequence position of stored key index `s`.
@@ -179,7 +201,8 @@ pub fn tile_fully_visible(
     if comptime!(rule == RULE_WINDOW) {
         let last = position(k1 - 1, p);
         let first = position(k0, p);
-        full = full && (last < p.sink || qp_max - first < p.window);
+        let dense = position(qs_min, p) >= p.dense_start && qp_max < p.dense_end;
+        full = full && (dense || last < p.sink || qp_max - first < p.window);
     }
     if comptime!(rule == RULE_BLOCKS) {
         full = false;

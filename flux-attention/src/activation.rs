@@ -1,0 +1,209 @@
+//! SiLU and SwiGLU through a backend extension: one kernel each on cubecl backends (burn writes
+//! SiLU as five launches), burn's ops elsewhere and wherever autodiff records the call.
+
+use burn::tensor::{backend::Backend, ops::FloatTensor, DType, Tensor, TensorPrimitive};
+
+use crate::AttentionError;
+
+/// A burn backend that may run SiLU and SwiGLU as fused kernels.
+pub trait ActivationBackend: Backend {
+    /// Whether a call on `x` must be recorded for a backward pass (autodiff with a tracked
+    /// input), so that only burn's ops may run it.
+    fn activation_needs_graph(_x: &FloatTensor<Self>) -> bool {
+        false
+    }
+
+    /// Whether [`ActivationBackend::fused_silu`] and [`ActivationBackend::fused_swiglu`] serve
+    /// tensors of `dtype`.
+    fn has_fused_activation(_dtype: DType) -> bool {
+        false
+    }
+
+    /// `silu(x)`; called only after [`ActivationBackend::has_fused_activation`] said yes.
+    fn fused_silu(_x: FloatTensor<Self>) -> FloatTensor<Self> {
+        unreachable!("fused_silu is only called when has_fused_activation is true")
+    }
+
+    /// `silu(gate) * up` of `x [.., 2w]` (gate first), `[.., w]`; called only after
+    /// [`ActivationBackend::has_fused_activation`] said yes, with an even last dimension.
+    fn fused_swiglu(_x: FloatTensor<Self>) -> FloatTensor<Self> {
+        unreachable!("fused_swiglu is only called when has_fused_activation is true")
+    }
+}
+
+/// `x * sigmoid(x)`, written as `x / (1 + exp(min(-x, 80)))` in `x`'s precision.
+///
+/// burn 0.21's ndarray backend evaluates `sigmoid` (and so `silu`) in f32 precision even on f64
+/// tensors; rounding noise then swamps finite-difference gradient checks, so the reference
+/// stays in the tensor's precision. The exponent is capped so that it never overflows: an
+/// infinite `exp(-x)` gives the right value (0) but a NaN gradient (`inf / inf`), which large
+/// router activations in training reached. Below -80, `silu(x)` is below `1e-33` in magnitude
+/// either way. Fused kernels compute the same formula in f32.
+pub fn silu<B: ActivationBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let prim = x.clone().into_primitive().tensor();
+    if !B::activation_needs_graph(&prim) && B::has_fused_activation(x.dtype()) {
+        return Tensor::from_primitive(TensorPrimitive::Float(B::fused_silu(prim)));
+    }
+    silu_reference(x)
+}
+
+/// [`silu`] with burn's ops: the reference.
+pub fn silu_reference<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clone() / x.neg().clamp_max(80.0).exp().add_scalar(1.0)
+}
+
+/// SwiGLU of a fused gate/up product: `x [.., 2w]` holds the gate in its first `w` columns and
+/// `up` in the last `w`; returns `silu(gate) * up` `[.., w]`. An odd last dimension is an error.
+pub fn swiglu<B: ActivationBackend, const D: usize>(
+    x: Tensor<B, D>,
+) -> Result<Tensor<B, D>, AttentionError> {
+    let dims = x.dims();
+    let last = dims[D - 1];
+    if !last.is_multiple_of(2) {
+        return Err(AttentionError::Shape {
+            tensor: "x",
+            expected: "an even last dimension: gate then up".into(),
+            found: dims.to_vec(),
+        });
+    }
+    let prim = x.clone().into_primitive().tensor();
+    if !B::activation_needs_graph(&prim) && B::has_fused_activation(x.dtype()) {
+        return Ok(Tensor::from_primitive(TensorPrimitive::Float(
+            B::fused_swiglu(prim),
+        )));
+    }
+    let width = last / 2;
+    let gate = x.clone().narrow(D - 1, 0, width);
+    let up = x.narrow(D - 1, width, width);
+    Ok(silu_reference(gate) * up)
+}
+
+#[cfg(feature = "ndarray")]
+macro_rules! ndarray_reference {
+    ($($e:ty, $i:ty);*) => {$(
+        impl ActivationBackend for burn::backend::NdArray<$e, $i> {}
+    )*};
+}
+#[cfg(feature = "ndarray")]
+ndarray_reference!(f32, i64; f64, i64; f32, i32; f64, i32);
+
+#[cfg(feature = "flex")]
+impl ActivationBackend for burn::backend::Flex {}
+
+/// Untracked calls run the inner backend's kernels; tracked ones burn's ops, which autodiff
+/// records.
+impl<
+        B: ActivationBackend,
+        C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy,
+    > ActivationBackend for burn::backend::Autodiff<B, C>
+{
+    fn activation_needs_graph(x: &FloatTensor<Self>) -> bool {
+        x.is_tracked()
+    }
+
+    fn has_fused_activation(dtype: DType) -> bool {
+        B::has_fused_activation(dtype)
+    }
+
+    fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(B::fused_silu(x.primitive))
+    }
+
+    fn fused_swiglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(B::fused_swiglu(x.primitive))
+    }
+}
+
+#[cfg(feature = "kernels")]
+mod cube {
+    use super::*;
+    use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+    impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ActivationBackend
+        for CubeBackend<R, F, I, BT>
+    {
+        fn has_fused_activation(dtype: DType) -> bool {
+            kernels_cubecl::activation::has_fused_activation(dtype)
+        }
+
+        fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            kernels_cubecl::activation::silu(x).expect("the dtype was checked")
+        }
+
+        fn fused_swiglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            kernels_cubecl::activation::swiglu(x).expect("the dtype and width were checked")
+        }
+    }
+}
+
+#[cfg(feature = "kernels")]
+mod fusion {
+    use super::*;
+    use burn_fusion::{
+        stream::{Operation, OperationStreams},
+        Fusion, FusionBackend, FusionRuntime,
+    };
+    use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+
+    #[derive(Clone, Debug)]
+    struct ActivationOp<B> {
+        desc: CustomOpIr,
+        /// SwiGLU (else SiLU).
+        swiglu: bool,
+        _backend: core::marker::PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + ActivationBackend> Operation<B::FusionRuntime> for ActivationOp<B> {
+        fn execute(
+            &self,
+            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+        ) {
+            let ([x], [out]) = self.desc.as_fixed();
+            let x = handles.get_float_tensor::<B>(x);
+            let y = if self.swiglu {
+                B::fused_swiglu(x)
+            } else {
+                B::fused_silu(x)
+            };
+            handles.register_float_tensor::<B>(&out.id, y);
+        }
+    }
+
+    fn register<B: FusionBackend + ActivationBackend>(
+        x: FloatTensor<Fusion<B>>,
+        swiglu: bool,
+    ) -> FloatTensor<Fusion<B>> {
+        let client = x.client.clone();
+        let mut shape = x.shape.clone();
+        if swiglu {
+            let last = shape.len() - 1;
+            shape[last] /= 2;
+        }
+        let out = TensorIr::uninit(client.create_empty_handle(), shape, x.dtype);
+        let streams = OperationStreams::with_inputs([&x]);
+        let name = if swiglu { "flux_swiglu" } else { "flux_silu" };
+        let desc = CustomOpIr::new(name, &[x.into_ir()], &[out]);
+        let op = ActivationOp::<B> {
+            desc: desc.clone(),
+            swiglu,
+            _backend: core::marker::PhantomData,
+        };
+        client
+            .register(streams, OperationIr::Custom(desc), op)
+            .output()
+    }
+
+    impl<B: FusionBackend + ActivationBackend> ActivationBackend for Fusion<B> {
+        fn has_fused_activation(dtype: DType) -> bool {
+            B::has_fused_activation(dtype)
+        }
+
+        fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            register::<B>(x, false)
+        }
+
+        fn fused_swiglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            register::<B>(x, true)
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `silu` and `swiglu` against float64: on ndarray (burn's ops), on wgpu (lavapipe in CI) through
+//! the fused kernels on CubeBackend and through burn's Wgpu (fusion custom ops), and through
+//! autodiff, where tracked inputs take burn's ops and must carry silu's exact gradient.
+
+use burn::backend::Autodiff;
+use burn::tensor::{Tensor, TensorData};
+use flux_attention::{silu, swiglu, ActivationBackend};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn silu64(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Values over the range activations reach, the capped exponent's edge included.
+fn inputs(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..n).map(|_| rng.random_range(-12.0f32..12.0)).collect();
+    v.extend([-100.0, -80.0, 0.0, 90.0]);
+    v
+}
+
+fn max_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).abs() / w.abs().max(1.0))
+        .fold(0.0, f64::max)
+}
+
+fn check<B: ActivationBackend>(device: &B::Device) {
+    let mut rng = StdRng::seed_from_u64(1);
+    let x = inputs(&mut rng, 3 * 60);
+    let rows = x.len() / 2;
+    let t = Tensor::<B, 2>::from_data(TensorData::new(x.clone(), [2, rows]), device);
+    let got: Vec<f32> = silu(t.clone()).into_data().to_vec().unwrap();
+    let want: Vec<f64> = x.iter().map(|&v| silu64(v as f64)).collect();
+    assert!(
+        max_err(&got, &want) < 1e-6,
+        "silu: {}",
+        max_err(&got, &want)
+    );
+
+    // Each row holds [gate | up].
+    let width = rows / 2;
+    let got: Vec<f32> = swiglu(t).unwrap().into_data().to_vec().unwrap();
+    let want: Vec<f64> = (0..2)
+        .flat_map(|r| {
+            let row = &x[r * rows..(r + 1) * rows];
+            (0..width).map(move |c| silu64(row[c] as f64) * row[width + c] as f64)
+        })
+        .collect();
+    assert!(
+        max_err(&got, &want) < 1e-6,
+        "swiglu: {}",
+        max_err(&got, &want)
+    );
+
+    let odd = Tensor::<B, 2>::zeros([2, 3], device);
+    assert!(swiglu(odd).unwrap_err().to_string().contains("even"));
+}
+
+#[test]
+fn silu_and_swiglu_match_float64_on_ndarray() {
+    check::<burn::backend::NdArray<f32>>(&Default::default());
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn fused_silu_and_swiglu_match_float64_on_wgpu() {
+    type Cube = burn_cubecl::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+    assert!(Cube::has_fused_activation(burn::tensor::DType::F32));
+    check::<Cube>(&Default::default());
+    check::<burn::backend::Wgpu>(&Default::default());
+}
+
+#[test]
+fn tracked_silu_has_the_exact_gradient() {
+    type B = Autodiff<burn::backend::NdArray<f64>>;
+    let device = Default::default();
+    let xs = [-3.0f64, -0.5, 0.0, 0.7, 4.0];
+    let x = Tensor::<B, 1>::from_data(
+        TensorData::new(xs.to_vec(), [5]),
+        (&device, burn::tensor::DType::F64),
+    )
+    .require_grad();
+    let grads = silu(x.clone()).sum().backward();
+    let g: Vec<f64> = x
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .convert::<f64>()
+        .to_vec()
+        .unwrap();
+    for (x, g) in xs.iter().zip(g) {
+        let s = 1.0 / (1.0 + (-x).exp());
+        let want = s * (1.0 + x * (1.0 - s));
+        assert!(
+            (g - want).abs() < 1e-12,
+            "d silu({x}) = {g}, expected {want}"
+        );
+    }
+}
