@@ -131,7 +131,11 @@ pub fn run_on<T: BackendTask>(
         #[cfg(feature = "wgpu")]
         BackendChoice::Wgpu => task.run::<burn::backend::Wgpu>(Default::default()),
         #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => task.run::<burn::backend::Cuda>(Default::default()),
+        BackendChoice::Cuda => {
+            // Kernels compiled by an earlier run load from disk: a warm start.
+            flux_attention::enable_kernel_cache();
+            task.run::<burn::backend::Cuda>(Default::default())
+        }
         #[allow(unreachable_patterns)]
         other => Err(not_built(other).into()),
     }
@@ -198,7 +202,10 @@ pub fn run_autodiff_on<T: AutodiffTask>(
         #[cfg(feature = "wgpu")]
         BackendChoice::Wgpu => task.run::<Autodiff<burn::backend::Wgpu>>(Default::default()),
         #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => task.run::<Autodiff<burn::backend::Cuda>>(Default::default()),
+        BackendChoice::Cuda => {
+            flux_attention::enable_kernel_cache();
+            task.run::<Autodiff<burn::backend::Cuda>>(Default::default())
+        }
         #[allow(unreachable_patterns)]
         other => Err(not_built(other).into()),
     }

@@ -195,6 +195,50 @@ fn routers_choose_at_prefill_and_the_plan_is_reused_at_decode() {
     assert_eq!(values(step), values(forced_step));
     assert_eq!(cache.plan(), Some(&plan), "decode keeps the prefill's plan");
 
+    // With eviction, the layers the routers sent to sparse attention drop the middle of the
+    // prompt once the decisions are read, as a forced plan's do during the prefill (a prompt
+    // long enough that the dropped part is more than the cache's slack).
+    let long: Vec<Vec<u32>> = vec![(3..163).collect(), (200..360).collect()];
+    let routing = Routing::Routers {
+        routers: &routers,
+        sparse_mode: mode,
+    };
+    let mut kept = model.new_cache();
+    let mut routed_evicting = model.new_cache_with_eviction(true);
+    model
+        .forward_routed(tokens(&long), None, &mut kept, routing)
+        .unwrap();
+    let h = model
+        .forward_routed(tokens(&long), None, &mut routed_evicting, routing)
+        .unwrap();
+    let long_plan = routed_evicting.plan().unwrap().clone();
+    assert!(
+        (0..2).any(|i| long_plan.layer_string(i).contains('S')),
+        "some layer goes sparse: {long_plan:?}"
+    );
+    let mut forced_evicting = model.new_cache_with_eviction(true);
+    let forced = model
+        .forward_routed(
+            tokens(&long),
+            None,
+            &mut forced_evicting,
+            Routing::Plan(&long_plan),
+        )
+        .unwrap();
+    assert_eq!(values(h), values(forced));
+    assert_eq!(
+        routed_evicting.allocated_bytes(),
+        forced_evicting.allocated_bytes()
+    );
+    assert!(routed_evicting.allocated_bytes() < kept.allocated_bytes());
+    let step = model
+        .forward(tokens(&[vec![5], vec![6]]), &mut routed_evicting)
+        .unwrap();
+    let forced_step = model
+        .forward(tokens(&[vec![5], vec![6]]), &mut forced_evicting)
+        .unwrap();
+    assert_eq!(values(step), values(forced_step));
+
     // Routers for another model are refused with the reason.
     let wrong = RouterSet::<B>::new(&LayerRouterConfig::new(32), 2, &device);
     let err = model

@@ -116,3 +116,12 @@ pub fn argmax_decisions<B: Backend>(logits: Tensor<B, 2>) -> Vec<bool> {
         .map(|row| row[FULL_LOGIT] >= row[SPARSE_LOGIT])
         .collect()
 }
+
+/// The same decisions as [`argmax_decisions`], left on the device: `[b]`, 1 for full attention
+/// and 0 for sparse, so a forward pass can act on them without waiting for the host.
+pub fn full_flags<B: Backend>(logits: Tensor<B, 2>) -> Tensor<B, 1> {
+    let [b, _] = logits.dims();
+    let full = logits.clone().narrow(1, FULL_LOGIT, 1);
+    let sparse = logits.narrow(1, SPARSE_LOGIT, 1);
+    full.greater_equal(sparse).float().reshape([b])
+}

@@ -16,7 +16,6 @@
 //! assert_eq!(argmax_decisions(logits), vec![true, true]);
 //! ```
 
-mod activation;
 mod atomic_file;
 mod decision;
 mod error;
@@ -26,10 +25,10 @@ mod router;
 mod router_set;
 mod schedule;
 
-pub use activation::silu;
 pub use atomic_file::write_atomically;
-pub use decision::{argmax_decisions, GumbelSoftmax, SoftDecision};
+pub use decision::{argmax_decisions, full_flags, GumbelSoftmax, SoftDecision};
 pub use error::{Result, RouterError};
+pub use flux_attention::silu;
 pub use objective::{sparsity_of, SparsityObjective, TaskCategory};
 pub use plan::{ForcedPlan, LayerRoute, RoutingPlan};
 pub use router::{pool_query_states, LayerRouter, LayerRouterConfig, FULL_LOGIT, SPARSE_LOGIT};

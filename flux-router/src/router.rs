@@ -6,7 +6,9 @@ use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::activation::silu;
+use burn::tensor::FloatDType;
+use flux_attention::{accumulation_dtype, linear, silu, FluxBackend, LinearBackend, WeightLayout};
+
 use crate::error::{Result, RouterError};
 
 /// Logit index of full attention in the router's output.
@@ -98,14 +100,6 @@ impl<B: Backend> LayerRouter<B> {
         self.pool_tokens
     }
 
-    /// Logits `[b, 2]` (full, sparse) from query states `q` `[b, heads, n, d]` (after q_proj and
-    /// q_norm, before RoPE). `spans[i]` is the token range of sequence `i` that holds its
-    /// context (padding excluded); `None` means every token.
-    pub fn forward(&self, q: Tensor<B, 4>, spans: Option<&[Range<usize>]>) -> Result<Tensor<B, 2>> {
-        let pooled = pool_query_states(q, spans, self.pool_tokens, self.head_dim)?;
-        Ok(self.forward_pooled(pooled))
-    }
-
     /// The same router for standardised inputs: afterwards it computes on `pooled` what it
     /// computed before on `(pooled - mean) / std` (folded into the first layer, so the file
     /// format and the inference path do not change).
@@ -155,21 +149,44 @@ impl<B: Backend> LayerRouter<B> {
         self.encoder_in.bias = Some(Param::from_tensor(b.detach()));
         Ok(self)
     }
+}
+
+impl<B: FluxBackend> LayerRouter<B> {
+    /// Logits `[b, 2]` (full, sparse) from query states `q` `[b, heads, n, d]` (after q_proj and
+    /// q_norm, before RoPE). `spans[i]` is the token range of sequence `i` that holds its
+    /// context (padding excluded); `None` means every token.
+    /// `q` may be in any float dtype: the pooled state is cast to the router's.
+    pub fn forward(&self, q: Tensor<B, 4>, spans: Option<&[Range<usize>]>) -> Result<Tensor<B, 2>> {
+        let pooled = pool_query_states(q, spans, self.pool_tokens, self.head_dim)?;
+        Ok(self.forward_pooled(pooled.cast(FloatDType::from(self.dtype()))))
+    }
 
     /// Logits `[b, 2]` from pooled states `[b, d]`.
     pub fn forward_pooled(&self, pooled: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = self
-            .encoder_out
-            .forward(silu(self.encoder_in.forward(pooled)));
-        let x = silu(self.head_in.forward(x));
-        let x = silu(self.head_mid.forward(x));
-        self.head_out.forward(x)
+        let x = apply(&self.encoder_out, silu(apply(&self.encoder_in, pooled)));
+        let x = silu(apply(&self.head_in, x));
+        let x = silu(apply(&self.head_mid, x));
+        apply(&self.head_out, x)
     }
 }
 
+/// `layer(x)` through flux's linear entry point: at inference on CUDA a cuBLASLt product
+/// (burn's small matmuls cost a router far more than its arithmetic); with tracked parameters
+/// (training) burn's matmul, recorded for the backward pass.
+fn apply<B: FluxBackend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    // burn keeps the weight as [in, out].
+    linear(
+        x,
+        layer.weight.val(),
+        layer.bias.as_ref().map(Param::val),
+        WeightLayout::InOut,
+    )
+}
+
 /// Mean of the first and last `p` tokens of each sequence's span (all of it when shorter than
-/// `2p`), then mean over heads: `[b, heads, n, d]` -> `[b, d]`.
-pub fn pool_query_states<B: Backend>(
+/// `2p`), then mean over heads: `[b, heads, n, d]` -> `[b, d]`, in f32 for half-precision `q`
+/// (in `q`'s dtype otherwise).
+pub fn pool_query_states<B: LinearBackend>(
     q: Tensor<B, 4>,
     spans: Option<&[Range<usize>]>,
     p: usize,
@@ -205,6 +222,7 @@ pub fn pool_query_states<B: Backend>(
             });
         }
         let seq = q.clone().narrow(0, i, 1);
+        let heads = seq.dims()[1];
         let tokens = if span.len() <= 2 * p {
             seq.narrow(2, span.start, span.len())
         } else {
@@ -216,7 +234,19 @@ pub fn pool_query_states<B: Backend>(
                 2,
             )
         };
-        rows.push(tokens.mean_dim(2).mean_dim(1).reshape([1, d]));
+        // Only the pooled tokens are widened; every head has as many, so one mean over heads
+        // and tokens is the mean of the per-head means. The mean is a product with a row of
+        // 1 / count: a reduction along the rows would give each of the d outputs one thread
+        // walking thousands of rows on the GPU, a GEMM splits that work.
+        let count = heads * tokens.dims()[2];
+        let wide = accumulation_dtype(tokens.dtype());
+        let tokens = tokens.cast(wide).reshape([count, d]);
+        let weights = Tensor::<B, 2>::full(
+            [1, count],
+            1.0 / count as f64,
+            (&q.device(), burn::tensor::DType::from(wide)),
+        );
+        rows.push(linear(weights, tokens, None, WeightLayout::InOut));
     }
     Ok(Tensor::cat(rows, 0))
 }

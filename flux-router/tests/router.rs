@@ -6,8 +6,8 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};
 use flux_attention::AttentionMode;
 use flux_router::{
-    argmax_decisions, pool_query_states, ForcedPlan, LayerRoute, LayerRouterConfig, RouterError,
-    RouterMeta, RouterSet, RoutingPlan, TemperatureSchedule,
+    argmax_decisions, full_flags, pool_query_states, ForcedPlan, LayerRoute, LayerRouterConfig,
+    RouterError, RouterMeta, RouterSet, RoutingPlan, TemperatureSchedule,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -269,7 +269,9 @@ fn argmax_prefers_full_attention_on_ties() {
         TensorData::new(vec![1.0f32, 2.0, 3.0, 3.0, 0.5, -1.0], [3, 2]),
         &Default::default(),
     );
-    assert_eq!(argmax_decisions(l), vec![false, true, true]);
+    assert_eq!(argmax_decisions(l.clone()), vec![false, true, true]);
+    // The device-side flags say the same, as 0 / 1.
+    assert_eq!(to_vec(full_flags(l)), vec![0.0, 1.0, 1.0]);
 }
 
 #[test]

@@ -139,6 +139,13 @@ pub fn generate_routed<B: FluxBackend>(
     }
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut cache = model.new_cache_with_eviction(config.evict_kv);
+    // One allocation per layer for the whole generation (never past the context).
+    cache.reserve(
+        prompt
+            .len()
+            .saturating_add(config.max_new_tokens)
+            .min(context),
+    );
     let mut decoder = StreamDecoder::new(tokenizer);
     let mut stops = StopStrings::new(&config.stop_strings);
     let mut tokens = Vec::new();

@@ -4,8 +4,8 @@ use flux_attention::FluxBackend;
 use std::ops::Range;
 
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
-use flux_attention::{accumulation_dtype, attend, attention, AttentionMode, LayerKvCache};
-use flux_router::{argmax_decisions, pool_query_states, silu};
+use flux_attention::{attend, attend_routed, attention, AttentionMode, LayerKvCache};
+use flux_router::{full_flags, pool_query_states};
 
 use super::linear::Linear;
 use super::rms_norm::RmsNorm;
@@ -93,7 +93,7 @@ impl<B: FluxBackend> SelfAttention<B> {
         };
         let (out, decision) = match choice {
             LayerChoice::Modes(modes) => (
-                self.attend_each(&q, &k, &v, ropes, spans, caches, &modes, timer)?,
+                self.attend_each(&q, &k, &v, ropes, spans, caches, (&modes[..]).into(), timer)?,
                 LayerDecision::Given,
             ),
             LayerChoice::Route {
@@ -101,12 +101,16 @@ impl<B: FluxBackend> SelfAttention<B> {
                 sparse_mode,
             } => {
                 let logits = router
-                    .forward(router_input(&q, router), Some(spans))
+                    .forward(q.clone(), Some(spans))
                     .map_err(router_error)?;
-                let full = argmax_decisions(logits);
-                let modes = modes_of(&full, sparse_mode);
-                let out = self.attend_each(&q, &k, &v, ropes, spans, caches, &modes, timer)?;
-                (out, LayerDecision::Hard(full))
+                // The decision stays on the device; the caller reads every layer's at once.
+                let full = full_flags(logits);
+                let how = PerSequence::Routed {
+                    full: &full,
+                    sparse_mode,
+                };
+                let out = self.attend_each(&q, &k, &v, ropes, spans, caches, how, timer)?;
+                (out, LayerDecision::OnDevice(full))
             }
             LayerChoice::Mix {
                 router,
@@ -117,21 +121,14 @@ impl<B: FluxBackend> SelfAttention<B> {
                 forced,
             } => {
                 let logits = router
-                    .forward(router_input(&q, router), Some(pool_spans))
+                    .forward(q.clone(), Some(pool_spans))
                     .map_err(router_error)?;
                 let decision = gumbel.sample_with_choice(logits, rng, forced);
-                let fa = self.attend_each(
-                    &q,
-                    &k,
-                    &v,
-                    ropes,
-                    spans,
-                    None,
-                    &vec![AttentionMode::Full; b],
-                    timer,
-                )?;
+                let (full, sparse) = (vec![AttentionMode::Full; b], vec![sparse_mode; b]);
+                let fa =
+                    self.attend_each(&q, &k, &v, ropes, spans, None, (&full[..]).into(), timer)?;
                 let sa =
-                    self.attend_each(&q, &k, &v, ropes, spans, None, &vec![sparse_mode; b], timer)?;
+                    self.attend_each(&q, &k, &v, ropes, spans, None, (&sparse[..]).into(), timer)?;
                 let z = decision
                     .z_full
                     .clone()
@@ -144,15 +141,12 @@ impl<B: FluxBackend> SelfAttention<B> {
                 pool_spans,
                 pool_tokens,
             } => {
-                let pooled = pool_query_states(
-                    q.clone().cast(accumulation_dtype(q.dtype())),
-                    Some(pool_spans),
-                    pool_tokens,
-                    self.head_dim,
-                )
-                .map_err(router_error)?;
+                let pooled =
+                    pool_query_states(q.clone(), Some(pool_spans), pool_tokens, self.head_dim)
+                        .map_err(router_error)?;
                 let full = vec![AttentionMode::Full; b];
-                let out = self.attend_each(&q, &k, &v, ropes, spans, None, &full, timer)?;
+                let out =
+                    self.attend_each(&q, &k, &v, ropes, spans, None, (&full[..]).into(), timer)?;
                 (out, LayerDecision::Pooled(pooled))
             }
         };
@@ -173,7 +167,7 @@ impl<B: FluxBackend> SelfAttention<B> {
         ropes: &[RopeTables<B>],
         spans: &[Range<usize>],
         mut caches: Option<&mut [LayerKvCache<B>]>,
-        modes: &[AttentionMode],
+        how: PerSequence<'_, B>,
         timer: &AttentionTimer,
     ) -> Result<Tensor<B, 4>> {
         let [b, hq, n, d] = q.dims();
@@ -185,9 +179,17 @@ impl<B: FluxBackend> SelfAttention<B> {
             let qi = ropes[i].apply(take(q));
             let ki = ropes[i].apply(take(k));
             let vi = take(v);
-            let out = timer.time::<B, _>(&q.device(), || match caches.as_deref_mut() {
-                Some(caches) => attend(qi, ki, vi, &mut caches[i], &modes[i]),
-                None => attention(qi, ki, vi, &modes[i]),
+            let out = timer.time::<B, _>(&q.device(), || match (how, caches.as_deref_mut()) {
+                (PerSequence::Modes(modes), Some(caches)) => {
+                    attend(qi, ki, vi, &mut caches[i], &modes[i])
+                }
+                (PerSequence::Modes(modes), None) => attention(qi, ki, vi, &modes[i]),
+                (PerSequence::Routed { full, sparse_mode }, caches) => {
+                    let mut scratch = LayerKvCache::new();
+                    let cache = caches.map_or(&mut scratch, |c| &mut c[i]);
+                    let flag = full.clone().narrow(0, i, 1);
+                    attend_routed(qi, ki, vi, cache, flag, &sparse_mode)
+                }
             })?;
             let mut parts = Vec::with_capacity(3);
             let padding = (&q.device(), q.dtype());
@@ -212,32 +214,39 @@ impl<B: FluxBackend> SelfAttention<B> {
     }
 }
 
-/// What a router reads: the query states in the router's dtype (f32 as trained and loaded),
-/// whatever the backbone's.
-fn router_input<B: Backend>(
-    q: &Tensor<B, 4>,
-    router: &flux_router::LayerRouter<B>,
-) -> Tensor<B, 4> {
-    q.clone().cast(router.dtype())
+/// The attention each sequence of a batch runs.
+enum PerSequence<'a, B: Backend> {
+    /// One mode per sequence.
+    Modes(&'a [AttentionMode]),
+    /// Full attention where `full[i]` (on the device) is 1, `sparse_mode` elsewhere.
+    Routed {
+        full: &'a Tensor<B, 1>,
+        sparse_mode: AttentionMode,
+    },
 }
 
-/// Modes from hard decisions (`true`: full attention).
-pub(crate) fn modes_of(full: &[bool], sparse_mode: AttentionMode) -> Vec<AttentionMode> {
-    full.iter()
-        .map(|&f| if f { AttentionMode::Full } else { sparse_mode })
-        .collect()
+// Manual: a derive would ask `B: Copy`.
+impl<B: Backend> Clone for PerSequence<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
 }
 
-impl<B: flux_attention::LinearBackend> Mlp<B> {
+impl<B: Backend> Copy for PerSequence<'_, B> {}
+
+impl<'a, B: Backend> From<&'a [AttentionMode]> for PerSequence<'a, B> {
+    fn from(modes: &'a [AttentionMode]) -> Self {
+        Self::Modes(modes)
+    }
+}
+
+impl<B: FluxBackend> Mlp<B> {
     /// Applies the MLP to `[b, n, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let width = self.gate_up_proj.out_features() / 2;
-        let [gate, up]: [Tensor<B, 3>; 2] = self
-            .gate_up_proj
-            .forward_split(x, &[width, width])
-            .try_into()
-            .expect("two parts");
-        self.down_proj.forward(silu(gate) * up)
+        // One kernel for silu(gate) * up on the fused gate/up product.
+        let hidden = flux_attention::swiglu(self.gate_up_proj.forward(x))
+            .expect("gate_up_proj has two equal halves (Linear::concat)");
+        self.down_proj.forward(hidden)
     }
 }
 

@@ -16,6 +16,8 @@ pub struct KvCache<B: Backend> {
     pub(crate) evict: bool,
     /// The plan of the prefill, reused by every decode step.
     pub(crate) plan: Option<RoutingPlan>,
+    /// Positions each layer's first allocation holds ([`KvCache::reserve`]).
+    reserved: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -31,6 +33,16 @@ impl<B: Backend> KvCache<B> {
             layers: vec![Vec::new(); num_layers],
             evict,
             plan: None,
+            reserved: 0,
+        }
+    }
+
+    /// Makes every layer allocate room for `positions` positions per sequence at once (the
+    /// prompt plus the tokens to generate), so that decode never copies the cache to grow it.
+    pub fn reserve(&mut self, positions: usize) {
+        self.reserved = positions;
+        for cache in self.layers.iter_mut().flatten() {
+            cache.reserve(positions);
         }
     }
 
@@ -78,10 +90,14 @@ impl<B: Backend> KvCache<B> {
 
     /// Makes room for `batch` sequences on first use; checks the batch size afterwards.
     pub(crate) fn ensure_batch(&mut self, batch: usize) -> Result<(), String> {
-        let evict = self.evict;
+        let (evict, reserved) = (self.evict, self.reserved);
         for layer in &mut self.layers {
             if layer.is_empty() {
-                layer.extend((0..batch).map(|_| LayerKvCache::with_eviction(evict)));
+                layer.extend((0..batch).map(|_| {
+                    let mut cache = LayerKvCache::with_eviction(evict);
+                    cache.reserve(reserved);
+                    cache
+                }));
             } else if layer.len() != batch {
                 return Err(format!(
                     "holds {} sequences, the tokens have {batch}",

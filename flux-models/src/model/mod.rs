@@ -80,6 +80,23 @@ pub(crate) struct TrainLayer<'a, B: Backend> {
     pub forced: Option<&'a [bool]>,
 }
 
+/// Per-layer decisions left on the device (`[b]` each, 1: full) as `decisions[layer][sequence]`,
+/// in one read: the only wait of a routed prefill on the host.
+fn read_decisions<B: Backend>(flags: Vec<Tensor<B, 1>>, b: usize) -> Vec<Vec<bool>> {
+    if flags.is_empty() {
+        return Vec::new();
+    }
+    let values: Vec<f32> = Tensor::stack::<2>(flags, 0)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32 after convert");
+    values
+        .chunks(b)
+        .map(|row| row.iter().map(|&x| x != 0.0).collect())
+        .collect()
+}
+
 /// A plan from per-layer hard decisions (`decisions[layer][sequence]`, `true`: full).
 fn plan_from_decisions(
     decisions: &[Vec<bool>],
@@ -269,7 +286,7 @@ impl<B: FluxBackend> Model<B> {
                 &self.timer,
             )?;
             x = y;
-            if let LayerDecision::Hard(full) = decision {
+            if let LayerDecision::OnDevice(full) = decision {
                 decisions.push(full);
             }
         }
@@ -277,6 +294,16 @@ impl<B: FluxBackend> Model<B> {
             cache.plan = match (plan, routers) {
                 (Some(plan), _) => Some(plan),
                 (None, Some((_, sparse_mode))) => {
+                    let decisions = read_decisions(decisions, b);
+                    // Sparse layers' caches kept the whole prompt while the decision was on the
+                    // device; now they drop what the sparse mode will never read.
+                    if let Some((sink, window)) = sparse_mode.decode_window() {
+                        for (layer, full) in cache.layers.iter_mut().zip(&decisions) {
+                            for (seq, _) in layer.iter_mut().zip(full).filter(|(_, &f)| !f) {
+                                seq.evict_outside(sink, window);
+                            }
+                        }
+                    }
                     Some(plan_from_decisions(&decisions, b, sparse_mode)?)
                 }
                 (None, None) => None,

@@ -67,8 +67,8 @@ pub(crate) enum LayerChoice<'a, B: Backend> {
 pub(crate) enum LayerDecision<B: Backend> {
     /// Nothing was decided (modes were given).
     Given,
-    /// Hard decisions per sequence (`true`: full attention).
-    Hard(Vec<bool>),
+    /// Decisions per sequence still on the device, `[b]` (1: full attention).
+    OnDevice(Tensor<B, 1>),
     /// Straight-through weights of full attention `[b]` and the hard decisions.
     Soft(Tensor<B, 1>, Vec<bool>),
     /// A router's input `[b, head_dim]` (the layer ran full attention).
