@@ -1,7 +1,9 @@
 //! End-to-end speed of a model: prefill (prompt tokens/s) and decode (generated tokens/s after
 //! that prompt) under one or more routing plans, median of `--repeats` runs after one warm-up;
-//! the share of time in attention, the KV cache size with and without eviction, and the cost
-//! of running the routers at prefill. Prints a markdown table.
+//! the KV cache size with and without eviction, the cost of running the routers at prefill
+//! (a routed prefill against the same plan forced) and, on request, the share of time in
+//! attention (from a separate run: timing each call synchronises the device). Prints a
+//! markdown table.
 //!
 //! Outputs are read back and checked to be finite, so a failed backend op cannot produce a
 //! timing (platform.md: burn prints a device-thread panic and carries on).
@@ -11,7 +13,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
 use flux_examples::dtype_args::DTypeArgs;
 use flux_examples::routing_args::SparseModeArgs;
@@ -62,10 +63,25 @@ struct Args {
     /// so that the kernels of the timed shapes compile there).
     #[arg(long)]
     warmup_tokens: Option<usize>,
-    /// Trained routers: adds a row per prompt length with the plan they choose for that prompt
-    /// (chosen by one untimed routed prefill; the routers' own cost is the last column).
+    /// Trained routers: adds a row per prompt length with the plan they choose for that prompt,
+    /// run forced; the last column is what routing itself costs (routed prefill minus that).
     #[arg(long)]
     router: Option<std::path::PathBuf>,
+    /// Instead of --router: fresh, untrained routers on every layer (they choose full
+    /// attention), to measure the routers' cost on a model that has none trained.
+    #[arg(long, conflicts_with = "router")]
+    random_routers: bool,
+    /// Also measure the share of time in attention, in one more run per row whose attention
+    /// calls are each synchronised and timed (the timed runs are not).
+    #[arg(long)]
+    attention_share: bool,
+    /// Also append one JSON object per row to this file (the fields of torch_e2e.py's rows,
+    /// plus the plan), for benches/e2e_table.py.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The model's name in the JSON rows (default: the model file or config).
+    #[arg(long)]
+    name: Option<String>,
     /// Sink + window layers keep only the sink and the window in the KV cache (full-attention
     /// layers keep everything, so an all-full row gives the size without eviction).
     #[arg(long)]
@@ -78,6 +94,8 @@ struct Run {
     decode: f64,
     attention: f64,
     kv_bytes: usize,
+    /// Logits of the prompt's last position.
+    prompt_logits: Vec<f32>,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -103,18 +121,21 @@ fn last_logits<B: FluxBackend>(
     Ok(row)
 }
 
-/// One prefill of `prompt` then `steps` greedy decode steps under `plan`.
+/// One prefill of `prompt` then `steps` greedy decode steps under `plan`; with
+/// `time_attention`, each attention call is synchronised and timed (slower, so not a timed run).
 fn run_once<B: FluxBackend>(
     model: &Model<B>,
     prompt: &[u32],
     steps: usize,
     plan: &RoutingPlan,
     evict: bool,
+    time_attention: bool,
 ) -> Result<Run> {
     let timer = model.attention_timer();
     timer.reset();
-    timer.set_enabled(true);
+    timer.set_enabled(time_attention);
     let mut cache = model.new_cache_with_eviction(evict);
+    cache.reserve(prompt.len() + steps);
     let t0 = Instant::now();
     let hidden = model.forward_routed(
         model.token_tensor(&[prompt.to_vec()])?,
@@ -122,7 +143,8 @@ fn run_once<B: FluxBackend>(
         &mut cache,
         Routing::Plan(plan),
     )?;
-    let mut next = argmax(&last_logits(model, hidden)?) as u32;
+    let prompt_logits = last_logits(model, hidden)?;
+    let mut next = argmax(&prompt_logits) as u32;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..steps {
@@ -136,35 +158,65 @@ fn run_once<B: FluxBackend>(
         decode,
         attention: timer.elapsed().as_secs_f64(),
         kv_bytes: cache.allocated_bytes(),
+        prompt_logits,
     })
 }
 
-/// Seconds the routers of every layer take at prefill: pooling and MLP on query states of
-/// `n` tokens (median of 3).
-fn router_seconds<B: FluxBackend>(model: &Model<B>, n: usize) -> Result<f64> {
-    let c = model.config();
-    let router = LayerRouterConfig::new(c.head_dim).init::<B>(model.device());
-    let q = Tensor::<B, 4>::random(
-        [1, c.num_heads, n, c.head_dim],
-        Distribution::Default,
-        model.device(),
-    );
-    let mut times = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        for _ in 0..c.num_layers {
-            let logits = router.forward(q.clone(), None)?;
-            let v = logits
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            if v.iter().any(|x| !x.is_finite()) {
-                bail!("non-finite router logits");
-            }
+/// One routed prefill of `prompt` (the routers choose each layer's attention on the device):
+/// its seconds, up to the first token, the plan the routers chose and the last position's
+/// logits.
+fn routed_prefill<B: FluxBackend>(
+    model: &Model<B>,
+    prompt: &[u32],
+    routers: &RouterSet<B>,
+    sparse_mode: flux_attention::AttentionMode,
+    evict: bool,
+) -> Result<(f64, RoutingPlan, Vec<f32>)> {
+    let mut cache = model.new_cache_with_eviction(evict);
+    let t0 = Instant::now();
+    let hidden = model.forward_routed(
+        model.token_tensor(&[prompt.to_vec()])?,
+        None,
+        &mut cache,
+        Routing::Routers {
+            routers,
+            sparse_mode,
+        },
+    )?;
+    let logits = last_logits(model, hidden)?;
+    argmax(&logits);
+    let seconds = t0.elapsed().as_secs_f64();
+    let plan = cache
+        .plan()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the routed prefill left no plan"))?;
+    Ok((seconds, plan, logits))
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
         }
-        times.push(t.elapsed().as_secs_f64());
     }
-    Ok(median(times))
+    out.push('"');
+    out
+}
+
+/// Where compiled kernels are cached for `backend` (CUDA programs turn cubecl's cache on).
+fn kernel_cache_note(backend: BackendChoice) -> String {
+    #[cfg(feature = "cuda")]
+    if backend == BackendChoice::Cuda {
+        return flux_attention::kernel_cache_dir()
+            .map_or("off".to_string(), |d| d.display().to_string());
+    }
+    let _ = backend;
+    "not used on this backend".to_string()
 }
 
 impl BackendTask for Args {
@@ -192,6 +244,8 @@ impl BackendTask for Args {
             (None, None) => bail!("give --model, or --config with --random-weights"),
         };
         let model = &model;
+        let name = self.name.clone().unwrap_or(name);
+        let mut json_rows = Vec::new();
         let vocab = model.config().vocab_size as u32;
         let mut rng = StdRng::seed_from_u64(0);
         let routers = match &self.router {
@@ -199,6 +253,12 @@ impl BackendTask for Args {
                 let meta = RouterSet::<B>::read_meta(path)?;
                 let expected = model.router_meta(meta.sparse_mode, meta.pool_tokens);
                 Some(RouterSet::<B>::load(path, &expected, &device)?)
+            }
+            None if self.random_routers => {
+                let c = model.config();
+                let config = LayerRouterConfig::new(c.head_dim);
+                let meta = model.router_meta(self.sparse.mode(), config.pool_tokens);
+                Some((RouterSet::new(&config, c.num_layers, &device), meta))
             }
             None => None,
         };
@@ -219,6 +279,20 @@ impl BackendTask for Args {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
+        // A user's first request: a short prompt right after loading, before anything else
+        // ran (kernels compile here, or load from the kernel cache of an earlier run).
+        if let Some((_, plan)) = plans.first() {
+            let short: Vec<u32> = (0..5)
+                .map(|_| rng.random_range(0..vocab.min(30_000)))
+                .collect();
+            let t = Instant::now();
+            run_once(model, &short, 1, plan, false, false)?;
+            let cache = kernel_cache_note(self.backend);
+            println!(
+                "first token of a 5-token prompt after loading: {:.3} s (kernel cache: {cache})",
+                t.elapsed().as_secs_f64()
+            );
+        }
         let warmup_tokens = self
             .warmup_tokens
             .or_else(|| self.prompt_tokens.iter().copied().min())
@@ -229,7 +303,10 @@ impl BackendTask for Args {
         // Every plan once: its kernels compile here, not in its first timed run (with
         // --repeats 1 that run would otherwise be the figure).
         for (_, plan) in &plans {
-            run_once(model, &warmup, 2, plan, false)?;
+            run_once(model, &warmup, 2, plan, false, false)?;
+        }
+        if let Some((routers, _)) = &routers {
+            routed_prefill(model, &warmup, routers, sparse_mode, self.evict_kv)?;
         }
         let mut rows = Vec::new();
         for &n in &self.prompt_tokens {
@@ -237,53 +314,87 @@ impl BackendTask for Args {
             let prompt: Vec<u32> = (0..n)
                 .map(|_| rng.random_range(0..vocab.min(30_000)))
                 .collect();
-            let router_cost = router_seconds(model, n)?;
             let mut plans_n = plans.clone();
+            let mut routed_seconds = None;
+            let mut routed_logits = None;
             if let Some((routers, _)) = &routers {
-                let mut cache = model.new_cache();
-                model.forward_routed(
-                    model.token_tensor(&[prompt.clone()])?,
-                    None,
-                    &mut cache,
-                    Routing::Routers {
-                        routers,
-                        sparse_mode,
-                    },
-                )?;
-                let plan = cache
-                    .plan()
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("the routed prefill left no plan"))?;
-                plans_n.push(("router".to_string(), plan));
+                let mut times = Vec::new();
+                let mut plan = None;
+                for _ in 0..self.repeats.max(1) {
+                    let (t, p, logits) =
+                        routed_prefill(model, &prompt, routers, sparse_mode, self.evict_kv)?;
+                    eprintln!("{name} N={n} routed prefill: {t:.3} s");
+                    times.push(t);
+                    plan = Some(p);
+                    routed_logits = Some(logits);
+                }
+                routed_seconds = Some(median(times));
+                plans_n.push(("router".to_string(), plan.expect("at least one run")));
             }
             for (name_of_plan, plan) in &plans_n {
+                let run = |time_attention| {
+                    let steps = self.decode_tokens;
+                    run_once(model, &prompt, steps, plan, self.evict_kv, time_attention)
+                };
                 let mut runs = Vec::new();
                 for _ in 0..self.repeats.max(1) {
-                    let r = run_once(model, &prompt, self.decode_tokens, plan, self.evict_kv)?;
+                    let r = run(false)?;
                     eprintln!(
-                        "{name} N={n} {name_of_plan}: prefill {:.3} s, decode {:.3} s for {} tokens, attention {:.3} s",
-                        r.prefill, r.decode, self.decode_tokens, r.attention
+                        "{name} N={n} {name_of_plan}: prefill {:.3} s, decode {:.3} s for {} tokens",
+                        r.prefill, r.decode, self.decode_tokens
                     );
                     runs.push(r);
                 }
                 let p = median(runs.iter().map(|r| r.prefill).collect());
+                if let (Some(routed), "router") = (&routed_logits, name_of_plan.as_str()) {
+                    // The decisions read on the device must compute what the same plan forced
+                    // does.
+                    let diff = routed
+                        .iter()
+                        .zip(&runs[0].prompt_logits)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    println!(
+                        "N={n}: routed prefill against its plan forced ({}): max |logit diff| {diff:.2e}",
+                        plan.layer_string(0)
+                    );
+                }
                 let d = median(runs.iter().map(|r| r.decode).collect());
-                let attn = median(
-                    runs.iter()
-                        .map(|r| r.attention / (r.prefill + r.decode))
-                        .collect(),
-                );
+                let attention_share = if self.attention_share {
+                    let r = run(true)?;
+                    format!("{:.0} %", 100.0 * r.attention / (r.prefill + r.decode))
+                } else {
+                    "-".to_string()
+                };
+                let router_share = match routed_seconds {
+                    Some(routed) if name_of_plan == "router" => {
+                        format!("{:.2} %", 100.0 * (routed - p) / p)
+                    }
+                    _ => "-".to_string(),
+                };
                 let mib = |b: usize| b as f64 / (1 << 20) as f64;
+                json_rows.push(format!(
+                    "{{\"impl\": \"flux\", \"model\": {}, \"backend\": \"{}\", \"dtype\": \"{}\", \"prompt_tokens\": {n}, \"plan\": {}, \"layers\": \"{}\", \"prefill_s\": {p}, \"decode_ms_per_token\": {}, \"kv_mib\": {}, \"routing_cost\": {}, \"repeats\": {}}}",
+                    json_string(&name),
+                    self.backend,
+                    flux_models::dtype_name(model.dtype()),
+                    json_string(name_of_plan),
+                    plan.layer_string(0),
+                    1e3 * d / self.decode_tokens.max(1) as f64,
+                    mib(runs[0].kv_bytes),
+                    routed_seconds
+                        .filter(|_| name_of_plan == "router")
+                        .map_or("null".to_string(), |r| ((r - p) / p).to_string()),
+                    self.repeats.max(1),
+                ));
                 rows.push(format!(
-                    "| {name} | {:?} {} | {n} | {name_of_plan} ({}) | {p:.3} | {:.1} | {:.2} | {:.0} % | {:.1} | {:.2} % |",
+                    "| {name} | {:?} {} | {n} | {name_of_plan} ({}) | {p:.3} | {:.1} | {:.2} | {attention_share} | {:.1} | {router_share} |",
                     self.backend,
                     flux_models::dtype_name(model.dtype()),
                     plan.layer_string(0),
                     n as f64 / p,
                     self.decode_tokens as f64 / d,
-                    100.0 * attn,
                     mib(runs[0].kv_bytes),
-                    100.0 * router_cost / p,
                 ));
             }
         }
@@ -291,10 +402,22 @@ impl BackendTask for Args {
             "sparse mode: {sparse_mode}; KV eviction {}",
             if self.evict_kv { "on" } else { "off" }
         );
-        println!("| model | backend, dtype | prompt tokens | plan | prefill s (median) | prompt tokens/s | decode tokens/s | attention share | KV MiB after decode | routers / prefill |");
+        println!("| model | backend, dtype | prompt tokens | plan | prefill s (median) | prompt tokens/s | decode tokens/s | attention share | KV MiB after decode | routing cost / prefill |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for r in rows {
             println!("{r}");
+        }
+        if let Some(path) = &self.json {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+            for row in json_rows {
+                writeln!(file, "{row}")
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            }
         }
         Ok(())
     }
