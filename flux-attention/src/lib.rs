@@ -29,7 +29,9 @@ mod mode;
 pub mod reference;
 pub mod xattention;
 
-pub use activation::{silu, silu_reference, swiglu, ActivationBackend};
+pub use activation::{
+    rms_norm, rms_norm_reference, silu, silu_reference, swiglu, ActivationBackend,
+};
 pub use backend::AttentionBackend;
 
 /// What flux's model code needs from a burn backend: its attention, linear-layer and

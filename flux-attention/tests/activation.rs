@@ -1,10 +1,10 @@
-//! `silu` and `swiglu` against float64: on ndarray (burn's ops), on wgpu (lavapipe in CI) through
+//! `silu`, `swiglu` and `rms_norm` against float64: on ndarray (burn's ops), on wgpu (lavapipe in CI) through
 //! the fused kernels on CubeBackend and through burn's Wgpu (fusion custom ops), and through
 //! autodiff, where tracked inputs take burn's ops and must carry silu's exact gradient.
 
 use burn::backend::Autodiff;
 use burn::tensor::{Tensor, TensorData};
-use flux_attention::{silu, swiglu, ActivationBackend};
+use flux_attention::{rms_norm, silu, swiglu, ActivationBackend};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn silu64(x: f64) -> f64 {
@@ -56,16 +56,41 @@ fn check<B: ActivationBackend>(device: &B::Device) {
 
     let odd = Tensor::<B, 2>::zeros([2, 3], device);
     assert!(swiglu(odd).unwrap_err().to_string().contains("even"));
+
+    // RMS norm: rows wider and narrower than a cube's 256 threads, a 3-d input.
+    for (rows, d) in [(3usize, 300usize), (5, 64), (1, 1000)] {
+        let x: Vec<f32> = (0..rows * d)
+            .map(|_| rng.random_range(-3.0f32..3.0))
+            .collect();
+        let w: Vec<f32> = (0..d).map(|_| rng.random_range(0.5f32..1.5)).collect();
+        let eps = 1e-5;
+        let xt = Tensor::<B, 3>::from_data(TensorData::new(x.clone(), [1, rows, d]), device);
+        let wt = Tensor::<B, 1>::from_data(TensorData::new(w.clone(), [d]), device);
+        let got: Vec<f32> = rms_norm(xt, wt, eps).into_data().to_vec().unwrap();
+        let want: Vec<f64> = x
+            .chunks(d)
+            .flat_map(|row| {
+                let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+                let inv = 1.0 / (ms + eps).sqrt();
+                row.iter()
+                    .zip(&w)
+                    .map(move |(&v, &s)| v as f64 * inv * s as f64)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let err = max_err(&got, &want);
+        assert!(err < 1e-5, "rms_norm [{rows}, {d}]: {err}");
+    }
 }
 
 #[test]
-fn silu_and_swiglu_match_float64_on_ndarray() {
+fn silu_swiglu_and_rms_norm_match_float64_on_ndarray() {
     check::<burn::backend::NdArray<f32>>(&Default::default());
 }
 
 #[cfg(feature = "wgpu")]
 #[test]
-fn fused_silu_and_swiglu_match_float64_on_wgpu() {
+fn fused_silu_swiglu_and_rms_norm_match_float64_on_wgpu() {
     type Cube = burn_cubecl::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
     assert!(Cube::has_fused_activation(burn::tensor::DType::F32));
     check::<Cube>(&Default::default());

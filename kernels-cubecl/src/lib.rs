@@ -32,6 +32,8 @@ mod linear;
 mod prefill_cmma;
 #[cfg(feature = "kernels")]
 mod prefill_portable;
+#[cfg(feature = "kernels")]
+pub mod rms_norm;
 mod spec;
 #[cfg(feature = "kernels")]
 mod visibility;

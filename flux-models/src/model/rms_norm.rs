@@ -1,6 +1,7 @@
 //! Root-mean-square layer norm, as in HF Llama/Qwen (`x / sqrt(mean(x^2) + eps) * weight`).
 
-use burn::tensor::{backend::Backend, FloatDType, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
+use flux_attention::FluxBackend;
 
 /// RMS norm over the last axis.
 #[derive(Debug, Clone)]
@@ -19,14 +20,12 @@ impl<B: Backend> RmsNorm<B> {
     pub fn is_require_grad(&self) -> bool {
         self.weight.is_require_grad()
     }
+}
 
+impl<B: FluxBackend> RmsNorm<B> {
     /// Normalises the last axis of `x`: in f32 for bf16 / f16 inputs, rounded back to their
-    /// dtype before the scale (as transformers does).
+    /// dtype before the scale (as transformers does); one kernel on cubecl backends.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x = x.cast(flux_attention::accumulation_dtype(dtype));
-        let mean_square = x.clone().powi_scalar(2).mean_dim(D - 1);
-        let normed = x * (mean_square + self.eps).sqrt().recip();
-        normed.cast(FloatDType::from(dtype)) * self.weight.clone().unsqueeze::<D>()
+        flux_attention::rms_norm(x, self.weight.clone(), self.eps)
     }
 }

@@ -1,0 +1,129 @@
+//! RMS norm of each row in one kernel (burn's ops take nine launches: casts, square, mean, add,
+//! square root, reciprocal and two products).
+
+use burn::tensor::DType;
+use burn_cubecl::{
+    kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor,
+    CubeRuntime,
+};
+use cubecl::prelude::*;
+
+use crate::KernelError;
+
+/// Threads per row.
+const THREADS: u32 = 256;
+/// Most cubes along one grid axis on every runtime (wgpu's limit).
+const MAX_CUBES_X: usize = 65535;
+
+/// One cube per row of `x [rows, d]`: `round(x / sqrt(mean(x^2) + eps)) * weight`, the norm in
+/// f32 and rounded to `F` before the scale, as transformers computes it.
+#[cube(launch_unchecked)]
+fn rms_norm_kernel<F: Float>(
+    x: &Array<F>,
+    weight: &Array<F>,
+    out: &mut Array<F>,
+    rows: u32,
+    eps: f32,
+    #[comptime] d: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+    if row >= rows {
+        terminate!();
+    }
+    let t = UNIT_POS;
+    let base = (row * d) as usize;
+    let mut partial = SharedMemory::<f32>::new(THREADS as usize);
+    let mut sum = 0.0f32.runtime();
+    let mut c = t;
+    while c < d {
+        let v = f32::cast_from(x[base + c as usize]);
+        sum += v * v;
+        c += THREADS;
+    }
+    partial[t as usize] = sum;
+    sync_cube();
+    let mut stride = (THREADS / 2).runtime();
+    while stride > 0 {
+        if t < stride {
+            partial[t as usize] = partial[t as usize] + partial[(t + stride) as usize];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let inv = 1.0f32 / (partial[0] / f32::cast_from(d) + eps).sqrt();
+    let mut c = t;
+    while c < d {
+        let normed = F::cast_from(f32::cast_from(x[base + c as usize]) * inv);
+        let scaled = f32::cast_from(normed) * f32::cast_from(weight[c as usize]);
+        out[base + c as usize] = F::cast_from(scaled);
+        c += THREADS;
+    }
+}
+
+/// Whether [`rms_norm`] serves tensors of `dtype`.
+pub fn has_fused_rms_norm(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// RMS norm over the last axis of `x` with the scale `weight [d]` (same dtype), in `x`'s dtype.
+pub fn rms_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    eps: f64,
+) -> Result<CubeTensor<R>, KernelError> {
+    let err = |tensor, message| Err(KernelError::Tensor { tensor, message });
+    if !has_fused_rms_norm(x.dtype) || weight.dtype != x.dtype {
+        return err(
+            "x",
+            format!(
+                "x is {:?}, weight {:?}: both f32, f16 or bf16",
+                x.dtype, weight.dtype
+            ),
+        );
+    }
+    let dims = x.meta.shape().as_slice().to_vec();
+    let d = dims.last().copied().unwrap_or(0);
+    if d == 0 || weight.meta.shape().as_slice() != [d] || d > u32::MAX as usize {
+        return err(
+            "weight",
+            format!("shape {:?} for rows of {d}", weight.meta.shape()),
+        );
+    }
+    let rows = dims.iter().product::<usize>() / d;
+    if rows > u32::MAX as usize / d {
+        return err(
+            "x",
+            format!("{rows} rows of {d} do not fit in 32-bit indices"),
+        );
+    }
+    let (x, weight) = (into_contiguous(x), into_contiguous(weight));
+    let out = empty_device_contiguous_dtype::<R>(
+        x.client.clone(),
+        x.device.clone(),
+        x.meta.shape().clone(),
+        x.dtype,
+    );
+    if rows == 0 {
+        return Ok(out);
+    }
+    let cubes_x = rows.min(MAX_CUBES_X);
+    let count = CubeCount::Static(cubes_x as u32, rows.div_ceil(cubes_x) as u32, 1);
+    let n = rows * d;
+    // SAFETY: cubes past the last row exit; each reads and writes its own row of `d` elements.
+    unsafe {
+        rms_norm_kernel::launch_unchecked::<R>(
+            &x.client,
+            count,
+            CubeDim::new_1d(THREADS),
+            ArrayArg::from_raw_parts(x.handle.clone(), n),
+            ArrayArg::from_raw_parts(weight.handle.clone(), d),
+            ArrayArg::from_raw_parts(out.handle.clone(), n),
+            rows as u32,
+            eps as f32,
+            d as u32,
+            x.dtype.into(),
+        )
+    };
+    Ok(out)
+}
