@@ -93,7 +93,16 @@ impl<B: FluxBackend> SelfAttention<B> {
         };
         let (out, decision) = match choice {
             LayerChoice::Modes(modes) => (
-                self.attend_each(&q, &k, &v, ropes, spans, caches, (&modes[..]).into(), timer)?,
+                self.attend_each(
+                    &q,
+                    &k,
+                    &v,
+                    ropes,
+                    spans,
+                    caches,
+                    PerSequence::Modes(&modes),
+                    timer,
+                )?,
                 LayerDecision::Given,
             ),
             LayerChoice::Route {
@@ -125,10 +134,26 @@ impl<B: FluxBackend> SelfAttention<B> {
                     .map_err(router_error)?;
                 let decision = gumbel.sample_with_choice(logits, rng, forced);
                 let (full, sparse) = (vec![AttentionMode::Full; b], vec![sparse_mode; b]);
-                let fa =
-                    self.attend_each(&q, &k, &v, ropes, spans, None, (&full[..]).into(), timer)?;
-                let sa =
-                    self.attend_each(&q, &k, &v, ropes, spans, None, (&sparse[..]).into(), timer)?;
+                let fa = self.attend_each(
+                    &q,
+                    &k,
+                    &v,
+                    ropes,
+                    spans,
+                    None,
+                    PerSequence::Modes(&full),
+                    timer,
+                )?;
+                let sa = self.attend_each(
+                    &q,
+                    &k,
+                    &v,
+                    ropes,
+                    spans,
+                    None,
+                    PerSequence::Modes(&sparse),
+                    timer,
+                )?;
                 let z = decision
                     .z_full
                     .clone()
@@ -145,8 +170,16 @@ impl<B: FluxBackend> SelfAttention<B> {
                     pool_query_states(q.clone(), Some(pool_spans), pool_tokens, self.head_dim)
                         .map_err(router_error)?;
                 let full = vec![AttentionMode::Full; b];
-                let out =
-                    self.attend_each(&q, &k, &v, ropes, spans, None, (&full[..]).into(), timer)?;
+                let out = self.attend_each(
+                    &q,
+                    &k,
+                    &v,
+                    ropes,
+                    spans,
+                    None,
+                    PerSequence::Modes(&full),
+                    timer,
+                )?;
                 (out, LayerDecision::Pooled(pooled))
             }
         };
@@ -233,12 +266,6 @@ impl<B: Backend> Clone for PerSequence<'_, B> {
 }
 
 impl<B: Backend> Copy for PerSequence<'_, B> {}
-
-impl<'a, B: Backend> From<&'a [AttentionMode]> for PerSequence<'a, B> {
-    fn from(modes: &'a [AttentionMode]) -> Self {
-        Self::Modes(modes)
-    }
-}
 
 impl<B: FluxBackend> Mlp<B> {
     /// Applies the MLP to `[b, n, hidden]`.
