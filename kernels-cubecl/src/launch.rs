@@ -11,6 +11,7 @@ use cubecl::features::{MmaConfig, Plane};
 
 use crate::{
     prefill_cmma::{self, flash_attention_cmma},
+    prefill_mma::{self, flash_attention_mma},
     prefill_portable::{self, combine_splits, flash_attention_portable},
     spec::{AttentionSpec, BlockSelection, Visibility},
     visibility::{
@@ -51,6 +52,9 @@ pub enum KernelChoice {
     Portable,
     /// Matrix units (cmma), f16 / bf16, head_dim 64 or 128, 32-lane planes.
     Cmma,
+    /// Register-level MMA (`mma.sync` m16n8k16 with `ldmatrix`, CUDA sm_80+), f16 / bf16,
+    /// head_dim 64 or 128: scores and probabilities stay in registers.
+    Mma,
 }
 
 fn tensor_err(tensor: &'static str, message: String) -> KernelError {
@@ -461,7 +465,9 @@ pub fn choose_kernel<R: CubeRuntime>(
     // Few query tiles (decode, short prompts): the portable kernel splits the keys over cubes.
     let cmma_cubes =
         (dims.group() * dims.nq).div_ceil(prefill_cmma::ROWS as usize) * dims.hkv * dims.b;
-    let choice = if cmma_cubes >= 128 && cmma_usable(client, dims, dtype) {
+    let choice = if mma_usable(client, dims, dtype) {
+        KernelChoice::Mma
+    } else if cmma_cubes >= 128 && cmma_usable(client, dims, dtype) {
         KernelChoice::Cmma
     } else {
         KernelChoice::Portable
@@ -508,6 +514,61 @@ fn cmma_usable<R: CubeRuntime>(client: &ComputeClient<R>, dims: &CallDims, dtype
         && hw.plane_size_max == prefill_cmma::PLANE_SIZE
 }
 
+/// Whether the register-level MMA kernel can serve the call: 16-bit inputs, head_dim 64 or 128,
+/// the m16n8k16 f32-accumulating `mma` shape, `ldmatrix` for the dtype, `cp.async`, plane
+/// operations and 32-lane planes. `FLUX_NO_MMA` turns it off (to measure the cmma kernel in its place).
+fn mma_usable<R: CubeRuntime>(client: &ComputeClient<R>, dims: &CallDims, dtype: DType) -> bool {
+    static NO_MMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *NO_MMA.get_or_init(|| std::env::var_os("FLUX_NO_MMA").is_some()) {
+        return false;
+    }
+    let props = client.properties();
+    let elem = match dtype {
+        DType::F16 | DType::BF16 => StorageType::from(dtype),
+        _ => return false,
+    };
+    let shape_ok = props.features.matmul.mma.contains(&MmaConfig {
+        a_type: elem,
+        b_type: elem,
+        cd_type: StorageType::from(DType::F32),
+        m: 16,
+        n: 8,
+        k: 16,
+    });
+    let hw = &props.hardware;
+    shape_ok
+        && props.features.matmul.ldmatrix.contains(&elem)
+        && props.features.copy_async
+        && matches!(dims.d, 64 | 128)
+        && props.features.plane.contains(Plane::Ops)
+        && hw.plane_size_min == prefill_mma::PLANE_SIZE
+        && hw.plane_size_max == prefill_mma::PLANE_SIZE
+}
+
+/// Warps per cube of the MMA kernel and 16-row MMA tiles per warp. A call whose stacked query
+/// rows fit one MMA tile (decode) takes one warp per cube, split over the keys; prefill takes
+/// 4 warps of 2 tiles (128 rows). `FLUX_MMA_WARPS` (4 or 8) and `FLUX_MMA_TILES` (1 or 2)
+/// override the prefill layout, for tuning.
+fn mma_layout(dims: &CallDims) -> (usize, usize) {
+    if dims.group() * dims.nq <= prefill_mma::WARP_ROWS as usize {
+        return (1, 1);
+    }
+    static LAYOUT: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *LAYOUT.get_or_init(|| {
+        let var = |name: &str, allowed: &[usize], default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|p| allowed.contains(p))
+                .unwrap_or(default)
+        };
+        (
+            var("FLUX_MMA_WARPS", &[4, 8], 4),
+            var("FLUX_MMA_TILES", &[1, 2], 2),
+        )
+    })
+}
+
 /// Tile shape of a launch: stacked query rows per cube, keys per tile, threads per row.
 #[derive(Debug, Clone, Copy)]
 struct TileShape {
@@ -533,6 +594,17 @@ impl KernelChoice {
                     keys,
                     lanes: 0,
                     vector: 8,
+                })
+            }
+            KernelChoice::Mma => {
+                let (planes, m_tiles) = mma_layout(dims);
+                let rows = planes * m_tiles * prefill_mma::WARP_ROWS as usize;
+                let smem = prefill_mma::shared_bytes(rows, d);
+                (smem <= smem_max).then_some(TileShape {
+                    rows,
+                    keys: prefill_mma::KEYS as usize,
+                    lanes: 0,
+                    vector: prefill_mma::CHUNK as usize,
                 })
             }
             KernelChoice::Portable => {
@@ -659,19 +731,25 @@ fn launch_kernel<R: CubeRuntime>(
         keep_at,
     );
     let cubes = q_tiles * dims.hkv * dims.b;
-    let splits = match choice {
-        KernelChoice::Portable if cubes < SPLIT_TARGET_CUBES => {
-            let tiles = match &spec.visibility {
-                Visibility::Window {
-                    sink,
-                    window,
-                    dense,
-                } if dense.is_empty() => (sink + window) / keys + 2,
-                _ => dims.nk.div_ceil(keys),
-            };
-            (SPLIT_TARGET_CUBES / cubes).clamp(1, tiles.max(1))
-        }
-        _ => 1,
+    // Few cubes: split the keys (decode, short prompts). The MMA kernel's prefill layout fills
+    // the device from 128 cubes on.
+    let split_keys = match choice {
+        KernelChoice::Portable => cubes < SPLIT_TARGET_CUBES,
+        KernelChoice::Mma => cubes < 128,
+        KernelChoice::Cmma => false,
+    };
+    let splits = if split_keys {
+        let tiles = match &spec.visibility {
+            Visibility::Window {
+                sink,
+                window,
+                dense,
+            } if dense.is_empty() => (sink + window) / keys + 2,
+            _ => dims.nk.div_ceil(keys),
+        };
+        (SPLIT_TARGET_CUBES / cubes).clamp(1, tiles.max(1))
+    } else {
+        1
     };
     let count = CubeCount::Static(q_tiles as u32, dims.hkv as u32, (dims.b * splits) as u32);
     let rows = dims.b * dims.hq * dims.nq;
@@ -715,21 +793,34 @@ fn launch_kernel<R: CubeRuntime>(
                 shape.vector as u32,
                 dtype.into(),
             );
-            if splits > 1 {
-                combine_splits::launch_unchecked::<R>(
-                    &client,
-                    CubeCount::Static(rows as u32, 1, 1),
-                    CubeDim::new_1d(dims.d as u32),
-                    ArrayArg::from_raw_parts(o_part.handle, part_len(dims.d)),
-                    ArrayArg::from_raw_parts(ml_part.handle, part_len(2)),
-                    ArrayArg::from_raw_parts(meta_combine, meta_n),
-                    meta_at(),
-                    out_combine.into_tensor_arg(),
-                    splits as u32,
-                    dims.d as u32,
-                    dtype.into(),
-                );
-            }
+        },
+        KernelChoice::Mma => unsafe {
+            let (planes, m_tiles) = mma_layout(dims);
+            flash_attention_mma::launch_unchecked::<R>(
+                &client,
+                count,
+                CubeDim::new_2d(prefill_mma::PLANE_SIZE, planes as u32),
+                shape.vector,
+                q.into_tensor_arg(),
+                k.into_tensor_arg(),
+                v.into_tensor_arg(),
+                out.into_tensor_arg(),
+                ArrayArg::from_raw_parts(o_part.handle.clone(), part_len(dims.d)),
+                ArrayArg::from_raw_parts(ml_part.handle.clone(), part_len(2)),
+                ArrayArg::from_raw_parts(meta.clone(), meta_n),
+                meta_at(),
+                mask,
+                spec.scale,
+                max_tiles as u32,
+                splits as u32,
+                dims.d as u32,
+                dims.group() as u32,
+                rule,
+                planes as u32,
+                m_tiles as u32,
+                splits > 1,
+                dtype.into(),
+            )
         },
         KernelChoice::Cmma => unsafe {
             // 16-byte vectors of 16-bit elements.
@@ -754,5 +845,24 @@ fn launch_kernel<R: CubeRuntime>(
                 dtype.into(),
             )
         },
+    }
+    if splits > 1 {
+        // SAFETY: one cube per output row, one thread per column; the partials hold `splits`
+        // rows of `d` and of 2 per output row.
+        unsafe {
+            combine_splits::launch_unchecked::<R>(
+                &client,
+                CubeCount::Static(rows as u32, 1, 1),
+                CubeDim::new_1d(dims.d as u32),
+                ArrayArg::from_raw_parts(o_part.handle, part_len(dims.d)),
+                ArrayArg::from_raw_parts(ml_part.handle, part_len(2)),
+                ArrayArg::from_raw_parts(meta_combine, meta_n),
+                meta_at(),
+                out_combine.into_tensor_arg(),
+                splits as u32,
+                dims.d as u32,
+                dtype.into(),
+            );
+        }
     }
 }

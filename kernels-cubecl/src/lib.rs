@@ -1,8 +1,9 @@
 //! Fused attention kernels for flux, written in cubecl so that one source serves CUDA and wgpu.
 //!
 //! [`fused_attention`] takes burn-cubecl tensors and an [`AttentionSpec`] (which keys each query
-//! sees, padding, eviction gap) and picks a kernel: a flash-style kernel on the matrix units
-//! where the device has them, a plain-arithmetic one everywhere else. Every kernel is tested
+//! sees, padding, eviction gap) and picks a kernel: FlashAttention-2-style register-level MMA
+//! (`mma.sync` + `ldmatrix` + `cp.async`) on CUDA sm_80+, a flash-style kernel on the matrix
+//! units (cmma) where only those exist, a plain-arithmetic one everywhere else. Every kernel is tested
 //! against `flux_attention::reference`. The launch code needs the `kernels` feature; the call
 //! description below is always there.
 //!
@@ -30,6 +31,8 @@ mod launch;
 mod linear;
 #[cfg(feature = "kernels")]
 mod prefill_cmma;
+#[cfg(feature = "kernels")]
+mod prefill_mma;
 #[cfg(feature = "kernels")]
 mod prefill_portable;
 #[cfg(feature = "kernels")]
