@@ -1,12 +1,12 @@
-//! SiLU, SwiGLU and RMS norm through a backend extension: one kernel each on cubecl backends
-//! (burn's ops take five and nine launches for SiLU and RMS norm), burn's ops elsewhere and
-//! wherever autodiff records the call.
+//! SiLU, SwiGLU, RMS norm and RoPE through a backend extension: one kernel each on cubecl
+//! backends (burn's ops take five, nine and about eight launches for SiLU, RMS norm and RoPE),
+//! burn's ops elsewhere and wherever autodiff records the call.
 
 use burn::tensor::{backend::Backend, ops::FloatTensor, DType, Tensor, TensorPrimitive};
 
 use crate::AttentionError;
 
-/// A burn backend that may run SiLU, SwiGLU and RMS norm as fused kernels.
+/// A burn backend that may run SiLU, SwiGLU, RMS norm and RoPE as fused kernels.
 pub trait ActivationBackend: Backend {
     /// Whether a call on `x` must be recorded for a backward pass (autodiff with a tracked
     /// input), so that only burn's ops may run it.
@@ -39,6 +39,16 @@ pub trait ActivationBackend: Backend {
         _eps: f64,
     ) -> FloatTensor<Self> {
         unreachable!("fused_rms_norm is only called when has_fused_activation is true")
+    }
+
+    /// RoPE of `x [b, h, n, d]` with tables `cos`, `sin` `[1, 1, n, d / 2]` (x's dtype), as
+    /// [`rope`]; called only after [`ActivationBackend::has_fused_activation`] said yes.
+    fn fused_rope(
+        _x: FloatTensor<Self>,
+        _cos: FloatTensor<Self>,
+        _sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        unreachable!("fused_rope is only called when has_fused_activation is true")
     }
 }
 
@@ -125,6 +135,58 @@ pub fn rms_norm_reference<B: Backend, const D: usize>(
     normed.cast(burn::tensor::FloatDType::from(dtype)) * weight.unsqueeze::<D>()
 }
 
+/// Rotary position embedding in HF's split-halves layout: for `x [b, h, n, d]` with halves
+/// `x1`, `x2` and tables `cos`, `sin` `[1, 1, n, d / 2]`, returns `[x1 cos - x2 sin, x2 cos + x1
+/// sin]`. One kernel where the backend has it (computed in f32, rounded once); a shape that does
+/// not fit is an error naming the tensor.
+pub fn rope<B: ActivationBackend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, AttentionError> {
+    let [_, _, n, d] = x.dims();
+    let want = [1, 1, n, d / 2];
+    for (tensor, table) in [("cos", &cos), ("sin", &sin)] {
+        if d % 2 != 0 || table.dims() != want {
+            return Err(AttentionError::Shape {
+                tensor,
+                expected: format!("{want:?} for x of {:?} (even head_dim)", x.dims()),
+                found: table.dims().to_vec(),
+            });
+        }
+    }
+    let [xp, cp, sp] = [&x, &cos, &sin].map(|t| t.clone().into_primitive().tensor());
+    let fused = [&xp, &cp, &sp]
+        .iter()
+        .all(|t| !B::activation_needs_graph(t))
+        && B::has_fused_activation(x.dtype())
+        && cos.dtype() == x.dtype()
+        && sin.dtype() == x.dtype();
+    if fused {
+        return Ok(Tensor::from_primitive(TensorPrimitive::Float(
+            B::fused_rope(xp, cp, sp),
+        )));
+    }
+    Ok(rope_reference(x, cos, sin))
+}
+
+/// [`rope`] with burn's ops (in x's dtype): the reference.
+pub fn rope_reference<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, h, n, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let cos = cos.expand([b, h, n, half]);
+    let sin = sin.expand([b, h, n, half]);
+    let first = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let second = x2 * cos + x1 * sin;
+    Tensor::cat(vec![first, second], 3)
+}
+
 #[cfg(feature = "ndarray")]
 macro_rules! ndarray_reference {
     ($($e:ty, $i:ty);*) => {$(
@@ -167,6 +229,14 @@ impl<
     ) -> FloatTensor<Self> {
         FloatTensor::<Self>::new(B::fused_rms_norm(x.primitive, weight.primitive, eps))
     }
+
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(B::fused_rope(x.primitive, cos.primitive, sin.primitive))
+    }
 }
 
 #[cfg(feature = "kernels")]
@@ -197,6 +267,14 @@ mod cube {
             kernels_cubecl::rms_norm::rms_norm(x, weight, eps)
                 .expect("the dtypes and the width were checked")
         }
+
+        fn fused_rope(
+            x: FloatTensor<Self>,
+            cos: FloatTensor<Self>,
+            sin: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            kernels_cubecl::rope::rope(x, cos, sin).expect("the dtypes and shapes were checked")
+        }
     }
 }
 
@@ -225,6 +303,26 @@ mod fusion {
             let x = handles.get_float_tensor::<B>(x);
             let weight = handles.get_float_tensor::<B>(weight);
             let y = B::fused_rms_norm(x, weight, self.eps);
+            handles.register_float_tensor::<B>(&out.id, y);
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    struct RopeOp<B> {
+        desc: CustomOpIr,
+        _backend: core::marker::PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + ActivationBackend> Operation<B::FusionRuntime> for RopeOp<B> {
+        fn execute(
+            &self,
+            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+        ) {
+            let ([x, cos, sin], [out]) = self.desc.as_fixed();
+            let x = handles.get_float_tensor::<B>(x);
+            let cos = handles.get_float_tensor::<B>(cos);
+            let sin = handles.get_float_tensor::<B>(sin);
+            let y = B::fused_rope(x, cos, sin);
             handles.register_float_tensor::<B>(&out.id, y);
         }
     }
@@ -302,6 +400,28 @@ mod fusion {
             let op = RmsNormOp::<B> {
                 desc: desc.clone(),
                 eps,
+                _backend: core::marker::PhantomData,
+            };
+            client
+                .register(streams, OperationIr::Custom(desc), op)
+                .output()
+        }
+
+        fn fused_rope(
+            x: FloatTensor<Self>,
+            cos: FloatTensor<Self>,
+            sin: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            let client = x.client.clone();
+            let out = TensorIr::uninit(client.create_empty_handle(), x.shape.clone(), x.dtype);
+            let streams = OperationStreams::with_inputs([&x, &cos, &sin]);
+            let desc = CustomOpIr::new(
+                "flux_rope",
+                &[x.into_ir(), cos.into_ir(), sin.into_ir()],
+                &[out],
+            );
+            let op = RopeOp::<B> {
+                desc: desc.clone(),
                 _backend: core::marker::PhantomData,
             };
             client

@@ -30,7 +30,8 @@ pub mod reference;
 pub mod xattention;
 
 pub use activation::{
-    rms_norm, rms_norm_reference, silu, silu_reference, swiglu, ActivationBackend,
+    rms_norm, rms_norm_reference, rope, rope_reference, silu, silu_reference, swiglu,
+    ActivationBackend,
 };
 pub use backend::AttentionBackend;
 

@@ -1,10 +1,10 @@
-//! `silu`, `swiglu` and `rms_norm` against float64: on ndarray (burn's ops), on wgpu (lavapipe in CI) through
+//! `silu`, `swiglu`, `rms_norm` and `rope` against float64: on ndarray (burn's ops), on wgpu (lavapipe in CI) through
 //! the fused kernels on CubeBackend and through burn's Wgpu (fusion custom ops), and through
 //! autodiff, where tracked inputs take burn's ops and must carry silu's exact gradient.
 
 use burn::backend::Autodiff;
 use burn::tensor::{Tensor, TensorData};
-use flux_attention::{rms_norm, silu, swiglu, ActivationBackend};
+use flux_attention::{rms_norm, rope, silu, swiglu, ActivationBackend};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn silu64(x: f64) -> f64 {
@@ -81,16 +81,68 @@ fn check<B: ActivationBackend>(device: &B::Device) {
         let err = max_err(&got, &want);
         assert!(err < 1e-5, "rms_norm [{rows}, {d}]: {err}");
     }
+
+    // RoPE of a strided view (heads swapped in, as the model's projections are, then a window
+    // of positions and one sequence of two), against float64.
+    let (b, n, h, d) = (2usize, 7usize, 3usize, 8usize);
+    let x: Vec<f32> = (0..b * n * h * d)
+        .map(|_| rng.random_range(-3.0f32..3.0))
+        .collect();
+    let angles: Vec<f64> = (0..5 * d / 2)
+        .map(|_| rng.random_range(-3.0..3.0))
+        .collect();
+    let table = |f: fn(f64) -> f64| -> Vec<f32> { angles.iter().map(|&a| f(a) as f32).collect() };
+    let (cos, sin) = (table(f64::cos), table(f64::sin));
+    let xt = Tensor::<B, 4>::from_data(TensorData::new(x.clone(), [b, n, h, d]), device)
+        .swap_dims(1, 2)
+        .narrow(0, 1, 1)
+        .narrow(2, 2, 5);
+    let tab = |v: &Vec<f32>| {
+        Tensor::<B, 4>::from_data(TensorData::new(v.clone(), [1, 1, 5, d / 2]), device)
+    };
+    let got: Vec<f32> = rope(xt.clone(), tab(&cos), tab(&sin))
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let mut want = Vec::new();
+    for hi in 0..h {
+        for p in 0..5 {
+            let row = &x[((n + 2 + p) * h + hi) * d..][..d];
+            let (c, s) = (&cos[p * d / 2..][..d / 2], &sin[p * d / 2..][..d / 2]);
+            let half = |i: usize| {
+                (
+                    row[i] as f64,
+                    row[i + d / 2] as f64,
+                    c[i] as f64,
+                    s[i] as f64,
+                )
+            };
+            want.extend((0..d / 2).map(|i| {
+                let (x1, x2, c, s) = half(i);
+                x1 * c - x2 * s
+            }));
+            want.extend((0..d / 2).map(|i| {
+                let (x1, x2, c, s) = half(i);
+                x2 * c + x1 * s
+            }));
+        }
+    }
+    let err = max_err(&got, &want);
+    assert!(err < 1e-6, "rope: {err}");
+    let short = Tensor::<B, 4>::zeros([1, 1, 4, d / 2], device);
+    let e = rope(xt, short.clone(), short).unwrap_err().to_string();
+    assert!(e.contains("cos"), "{e}");
 }
 
 #[test]
-fn silu_swiglu_and_rms_norm_match_float64_on_ndarray() {
+fn silu_swiglu_rms_norm_and_rope_match_float64_on_ndarray() {
     check::<burn::backend::NdArray<f32>>(&Default::default());
 }
 
 #[cfg(feature = "wgpu")]
 #[test]
-fn fused_silu_swiglu_and_rms_norm_match_float64_on_wgpu() {
+fn fused_silu_swiglu_rms_norm_and_rope_match_float64_on_wgpu() {
     type Cube = burn_cubecl::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
     assert!(Cube::has_fused_activation(burn::tensor::DType::F32));
     check::<Cube>(&Default::default());

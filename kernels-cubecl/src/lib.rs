@@ -37,6 +37,8 @@ mod prefill_mma;
 mod prefill_portable;
 #[cfg(feature = "kernels")]
 pub mod rms_norm;
+#[cfg(feature = "kernels")]
+pub mod rope;
 mod spec;
 #[cfg(feature = "kernels")]
 mod visibility;

@@ -209,8 +209,8 @@ impl<B: FluxBackend> SelfAttention<B> {
             let span = spans[i].clone();
             let take =
                 |t: &Tensor<B, 4>| t.clone().narrow(0, i, 1).narrow(2, span.start, span.len());
-            let qi = ropes[i].apply(take(q));
-            let ki = ropes[i].apply(take(k));
+            let qi = ropes[i].apply(take(q))?;
+            let ki = ropes[i].apply(take(k))?;
             let vi = take(v);
             let out = timer.time::<B, _>(&q.device(), || match (how, caches.as_deref_mut()) {
                 (PerSequence::Modes(modes), Some(caches)) => {

@@ -1,6 +1,9 @@
 //! Rotary position embedding in HF's split-halves layout, with `linear` and `llama3` scaling.
 
 use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorData};
+use flux_attention::ActivationBackend;
+
+use crate::error::{ModelError, Result};
 
 use crate::config::RopeScaling;
 
@@ -97,17 +100,15 @@ fn llama3_scale(
     }
 }
 
-impl<B: Backend> RopeTables<B> {
-    /// Rotates `x` `[b, h, n, d]`: `(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)`.
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, h, n, d] = x.dims();
-        let half = d / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.narrow(3, half, half);
-        let cos = self.cos.clone().expand([b, h, n, half]);
-        let sin = self.sin.clone().expand([b, h, n, half]);
-        let first = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-        let second = x2 * cos + x1 * sin;
-        Tensor::cat(vec![first, second], 3)
+impl<B: ActivationBackend> RopeTables<B> {
+    /// Rotates `x [b, h, n, d]` (one kernel on cubecl backends: [`flux_attention::rope`]). The
+    /// tables must have been built for `n` positions of `x`'s head_dim and dtype.
+    pub fn apply(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 4>> {
+        flux_attention::rope(x, self.cos.clone(), self.sin.clone()).map_err(|e| {
+            ModelError::InvalidArgument {
+                argument: "rope tables".into(),
+                message: e.to_string(),
+            }
+        })
     }
 }
