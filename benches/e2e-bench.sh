@@ -15,7 +15,19 @@ OUT=${OUT:-benches/results/e2e-$(date +%Y%m%d-%H%M)}
 MODELS=${MODELS:-"smollm2 qwen25 llama8b"}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
-step() { local name=$1; shift; local s=$(date +%s); "$@" > "$OUT/$name.txt" 2>&1; echo "$name rc=$? $(( $(date +%s) - s )) s"; }
+# Each step's peak device memory: nvidia-smi sampled every 200 ms while it runs (the whole GPU,
+# which runs nothing else there; for flux this includes cubecl's pooled reservations).
+step() {
+  local name=$1; shift; local s=$(date +%s) sampler=
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/$name.mem" 2> /dev/null &
+    sampler=$!
+  fi
+  "$@" > "$OUT/$name.txt" 2>&1; local rc=$?
+  [ -n "$sampler" ] && kill "$sampler" 2> /dev/null
+  local peak=$( [ -s "$OUT/$name.mem" ] && sort -n "$OUT/$name.mem" | tail -1 )
+  echo "$name rc=$rc $(( $(date +%s) - s )) s, peak device memory ${peak:-?} MiB"
+}
 for m in $MODELS; do
   case $m in
     smollm2) cfg=$HERE/configs/smollm2-135m.json; lens=1024,4096,8064; plans=all-full,all-sparse
