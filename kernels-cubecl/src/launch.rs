@@ -485,62 +485,60 @@ pub fn choose_kernel<R: CubeRuntime>(
     Ok(choice)
 }
 
-/// Whether the matrix-unit kernel can serve the call: 16-bit inputs, head_dim 64 or 128, the
-/// 16x16x16 f32-accumulating cmma shape, plane operations and 32-lane planes.
+/// Whether the matrix-unit (cmma) kernel can serve the call; `FLUX_NO_CMMA` turns it off (to
+/// measure the portable kernel where the matrix one would run).
 fn cmma_usable<R: CubeRuntime>(client: &ComputeClient<R>, dims: &CallDims, dtype: DType) -> bool {
-    // A switch for measuring the portable kernel where the matrix one would run.
     static NO_CMMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *NO_CMMA.get_or_init(|| std::env::var_os("FLUX_NO_CMMA").is_some()) {
-        return false;
-    }
-    let props = client.properties();
-    let elem = match dtype {
-        DType::F16 | DType::BF16 => StorageType::from(dtype),
-        _ => return false,
-    };
-    let shape_ok = props.features.matmul.cmma.contains(&MmaConfig {
-        a_type: elem,
-        b_type: elem,
-        cd_type: StorageType::from(DType::F32),
-        m: 16,
-        n: 16,
-        k: 16,
-    });
-    let hw = &props.hardware;
-    shape_ok
-        && matches!(dims.d, 64 | 128)
-        && props.features.plane.contains(Plane::Ops)
-        && hw.plane_size_min == prefill_cmma::PLANE_SIZE
-        && hw.plane_size_max == prefill_cmma::PLANE_SIZE
+    !switched_off(&NO_CMMA, "FLUX_NO_CMMA") && matrix_units_usable(client, dims, dtype, false)
 }
 
-/// Whether the register-level MMA kernel can serve the call: 16-bit inputs, head_dim 64 or 128,
-/// the m16n8k16 f32-accumulating `mma` shape, `ldmatrix` for the dtype, `cp.async`, plane
-/// operations and 32-lane planes. `FLUX_NO_MMA` turns it off (to measure the cmma kernel in its place).
+/// Whether the register-level MMA kernel can serve the call; `FLUX_NO_MMA` turns it off (to
+/// measure the cmma kernel in its place).
 fn mma_usable<R: CubeRuntime>(client: &ComputeClient<R>, dims: &CallDims, dtype: DType) -> bool {
     static NO_MMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *NO_MMA.get_or_init(|| std::env::var_os("FLUX_NO_MMA").is_some()) {
-        return false;
-    }
+    !switched_off(&NO_MMA, "FLUX_NO_MMA") && matrix_units_usable(client, dims, dtype, true)
+}
+
+/// Whether the environment variable `name` is set (read once into `cell`).
+fn switched_off(cell: &std::sync::OnceLock<bool>, name: &str) -> bool {
+    *cell.get_or_init(|| std::env::var_os(name).is_some())
+}
+
+/// Whether a matrix-unit kernel can serve the call: 16-bit inputs, head_dim 64 or 128, plane
+/// operations and 32-lane planes, and either the 16x16x16 f32-accumulating cmma shape (`mma`
+/// false) or register-level MMA: the m16n8k16 `mma` shape, `ldmatrix` for the dtype and
+/// `cp.async`.
+fn matrix_units_usable<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dims: &CallDims,
+    dtype: DType,
+    mma: bool,
+) -> bool {
     let props = client.properties();
     let elem = match dtype {
         DType::F16 | DType::BF16 => StorageType::from(dtype),
         _ => return false,
     };
-    let shape_ok = props.features.matmul.mma.contains(&MmaConfig {
+    let features = &props.features;
+    let config = MmaConfig {
         a_type: elem,
         b_type: elem,
         cd_type: StorageType::from(DType::F32),
         m: 16,
-        n: 8,
+        n: if mma { 8 } else { 16 },
         k: 16,
-    });
+    };
+    let units = if mma {
+        features.matmul.mma.contains(&config)
+            && features.matmul.ldmatrix.contains(&elem)
+            && features.copy_async
+    } else {
+        features.matmul.cmma.contains(&config)
+    };
     let hw = &props.hardware;
-    shape_ok
-        && props.features.matmul.ldmatrix.contains(&elem)
-        && props.features.copy_async
+    units
         && matches!(dims.d, 64 | 128)
-        && props.features.plane.contains(Plane::Ops)
+        && features.plane.contains(Plane::Ops)
         && hw.plane_size_min == prefill_mma::PLANE_SIZE
         && hw.plane_size_max == prefill_mma::PLANE_SIZE
 }
