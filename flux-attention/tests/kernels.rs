@@ -263,6 +263,105 @@ fn block_index_matches_reference() {
     run_all(runs);
 }
 
+/// Seeded random shapes against the reference (issue 14's property test, bounded for CI): GQA
+/// groups 1-7, head_dim 32-128, lengths from 1 (one query over one key) up to a few hundred,
+/// prefill and decode-like query counts, padded batches, windows wider than the sequence, no
+/// sink, triangles, evicted caches, block lists with query blocks that keep only the diagonal.
+#[test]
+fn random_shapes_match_reference() {
+    let mut rng = StdRng::seed_from_u64(2026);
+    let mut runs = Vec::new();
+    while runs.len() < 24 {
+        let hkv = rng.random_range(1..=3);
+        let group = [1, 2, 3, 4, 7][rng.random_range(0..5)];
+        let d = [32, 64, 128][rng.random_range(0..3)];
+        let b = rng.random_range(1..=3);
+        let nk = [1, 2, 63, 64, 65, rng.random_range(1..=300)][rng.random_range(0..6)];
+        let nq = if rng.random_bool(0.5) {
+            nk
+        } else {
+            rng.random_range(1..=nk.min(4))
+        };
+        let c = case(b, hkv * group, hkv, nq, nk, d);
+        let (visibility, layout) = match rng.random_range(0..4) {
+            0 => (Visibility::Causal, KeyLayout::default()),
+            1 => {
+                let window = rng.random_range(1..=nk + 20);
+                let dense = if rng.random_bool(0.3) {
+                    let from = rng.random_range(0..=nk);
+                    from..nk
+                } else {
+                    0..0
+                };
+                let sink = rng.random_range(0..=8);
+                (
+                    Visibility::Window {
+                        sink,
+                        window,
+                        dense,
+                    },
+                    KeyLayout::default(),
+                )
+            }
+            2 if nq < nk => {
+                // A cache that kept its sink and evicted positions after it.
+                let sink = rng.random_range(0..=4).min(nk - nq);
+                // The window stays inside the kept keys (what the model's eviction guarantees).
+                let window = rng.random_range(1..=nk - nq - sink + 1);
+                let layout = KeyLayout {
+                    kept_sink: sink,
+                    dropped: rng.random_range(1..100),
+                };
+                (
+                    Visibility::Window {
+                        sink,
+                        window,
+                        dense: 0..0,
+                    },
+                    layout,
+                )
+            }
+            _ if nq == nk => {
+                let block = [16, 32, 64][rng.random_range(0..3)];
+                let blocks = nk.div_ceil(block);
+                let sparse = rng.random_bool(0.5);
+                let keep = (0..b * c.hq * blocks * blocks)
+                    .map(|i| {
+                        let (qb, kb) = ((i / blocks) % blocks, i % blocks);
+                        qb == kb || (!sparse && rng.random_bool(0.5))
+                    })
+                    .collect();
+                let selection = BlockSelection {
+                    block,
+                    first_q_block: 0,
+                    q_blocks: blocks,
+                    k_blocks: blocks,
+                    heads: c.hq,
+                    keep,
+                };
+                (Visibility::Blocks(selection), KeyLayout::default())
+            }
+            _ => continue,
+        };
+        runs.push((c, visibility, layout, b > 1 && nk >= 4));
+    }
+    run_all(runs);
+}
+
+#[test]
+fn head_counts_that_do_not_divide_are_refused() {
+    let spec = AttentionSpec::new(Visibility::Causal, 64);
+    let err = kernels_cubecl::check_call(
+        &[1, 6, 10, 64],
+        &[1, 4, 10, 64],
+        &[1, 4, 10, 64],
+        burn::tensor::DType::F32,
+        &spec,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains('6'), "{err}");
+}
+
 /// `flux_attention::attention` on burn's `Wgpu` (Fusion over CubeBackend: the fused ops run as
 /// custom fusion operations) against the same call on ndarray (the reference).
 fn entry_point_matches_reference(seed: u64, c: Case, mode: flux_attention::AttentionMode) {
