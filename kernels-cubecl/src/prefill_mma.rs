@@ -1,11 +1,14 @@
 //! Flash attention on register-level MMA (`mma.sync.m16n8k16`, f16 / bf16 in, f32 accumulate),
 //! FlashAttention-2 style: `S`, the online softmax and `P` never leave registers.
 //!
-//! One cube of `planes` warps takes `16 * planes` GQA-stacked query rows (16 per warp, the same
-//! stacking as the other kernels) and walks 64-key tiles in the same tile schedules (causal,
-//! sink + window, triangle, block lists). Q is loaded once into MMA fragments through
-//! `ldmatrix`; each K / V tile goes through shared memory with rows padded by one 16-byte chunk,
-//! so the eight row addresses of an `ldmatrix` hit eight different bank groups.
+//! One cube of `planes` warps takes `16 * m_tiles * planes` GQA-stacked query rows (the same
+//! stacking as the other kernels; each warp owns `m_tiles` MMA tiles of 16 rows, 2 for prefill so
+//! that every K / V fragment feeds four MMAs) and walks 64-key tiles in the same tile schedules
+//! (causal, sink + window, triangle, block lists). K and V tiles arrive by `cp.async` in shared
+//! memory whose rows are padded by one 16-byte chunk, so the eight row addresses of an
+//! `ldmatrix` hit eight different bank groups; Q fragments are reloaded from shared memory each
+//! tile (registers go to S and O). Decode-sized calls run one warp per cube and split the keys
+//! over cubes, leaving partials for `combine_splits`.
 //!
 //! Register layout (PTX `m16n8k16`; `g = lane / 4`, `t = lane % 4`): an accumulator tile of 16
 //! rows x 8 columns holds rows `g` and `g + 8`, columns `2t, 2t + 1`, in two `f32x2`. A row is
