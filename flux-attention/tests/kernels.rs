@@ -217,6 +217,8 @@ fn decode_steps_match_reference() {
     let none = KeyLayout::default();
     run_all(vec![
         (case(1, 4, 1, 1, 300, 64), Visibility::Causal, none, false),
+        // Dozens of splits: the combine's eight-wide loop and its tail.
+        (case(1, 4, 1, 1, 2000, 64), Visibility::Causal, none, false),
         (case(3, 7, 1, 3, 120, 128), Visibility::Causal, none, true),
         (
             case(1, 4, 4, 2, 257, 64),
