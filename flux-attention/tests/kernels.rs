@@ -233,6 +233,18 @@ fn decode_steps_match_reference() {
     ]);
 }
 
+/// A block table over a whole prompt of `blocks` query and key blocks of `block` positions.
+fn square_table(block: usize, blocks: usize, heads: usize, keep: Vec<bool>) -> Visibility {
+    Visibility::Blocks(BlockSelection {
+        block,
+        first_q_block: 0,
+        q_blocks: blocks,
+        k_blocks: blocks,
+        heads,
+        keep,
+    })
+}
+
 #[test]
 fn block_index_matches_reference() {
     let mut rng = StdRng::seed_from_u64(11);
@@ -247,17 +259,9 @@ fn block_index_matches_reference() {
         let keep: Vec<bool> = (0..c.b * c.hq * blocks * blocks)
             .map(|i| i % blocks == 0 || rng.random_bool(p))
             .collect();
-        let selection = BlockSelection {
-            block,
-            first_q_block: 0,
-            q_blocks: blocks,
-            k_blocks: blocks,
-            heads: c.hq,
-            keep,
-        };
         runs.push((
             c,
-            Visibility::Blocks(selection),
+            square_table(block, blocks, c.hq, keep),
             KeyLayout::default(),
             false,
         ));
@@ -333,15 +337,10 @@ fn random_shapes_match_reference() {
                         qb == kb || (!sparse && rng.random_bool(0.5))
                     })
                     .collect();
-                let selection = BlockSelection {
-                    block,
-                    first_q_block: 0,
-                    q_blocks: blocks,
-                    k_blocks: blocks,
-                    heads: c.hq,
-                    keep,
-                };
-                (Visibility::Blocks(selection), KeyLayout::default())
+                (
+                    square_table(block, blocks, c.hq, keep),
+                    KeyLayout::default(),
+                )
             }
             _ => continue,
         };
