@@ -350,17 +350,53 @@ fn random_shapes_match_reference() {
 }
 
 #[test]
-fn head_counts_that_do_not_divide_are_refused() {
-    let spec = AttentionSpec::new(Visibility::Causal, 64);
-    let err = kernels_cubecl::check_call(
-        &[1, 6, 10, 64],
-        &[1, 4, 10, 64],
-        &[1, 4, 10, 64],
-        burn::tensor::DType::F32,
-        &spec,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains('6'), "{err}");
+fn invalid_calls_are_refused_naming_the_argument() {
+    let call = |q: [usize; 4], k: [usize; 4], visibility: Visibility| {
+        kernels_cubecl::check_call(
+            &q,
+            &k,
+            &k,
+            burn::tensor::DType::F32,
+            &AttentionSpec::new(visibility, q[3]),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let causal = || Visibility::Causal;
+    // Head counts that do not divide, an empty call, a head_dim off the kernels' grid, a call
+    // past 32-bit indexing (one query row less per head fits), a zero window.
+    let cases = [
+        (
+            call([1, 6, 10, 64], [1, 4, 10, 64], causal()),
+            "a divisor of 6",
+        ),
+        (call([1, 4, 0, 64], [1, 4, 10, 64], causal()), "empty"),
+        (
+            call([1, 4, 10, 60], [1, 4, 10, 60], causal()),
+            "head_dim 60",
+        ),
+        (
+            call([1, 32, 1 << 20, 128], [1, 8, 1 << 20, 128], causal()),
+            "2^32",
+        ),
+        (
+            call(
+                [1, 4, 10, 64],
+                [1, 4, 10, 64],
+                Visibility::Window {
+                    sink: 4,
+                    window: 0,
+                    dense: 0..0,
+                },
+            ),
+            "window",
+        ),
+    ];
+    for (result, needle) in cases {
+        let err = result.expect_err(needle);
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(call([1, 32, (1 << 20) - 1, 128], [1, 8, 1 << 20, 128], causal()).is_ok());
 }
 
 /// `flux_attention::attention` on burn's `Wgpu` (Fusion over CubeBackend: the fused ops run as
