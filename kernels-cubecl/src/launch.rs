@@ -21,6 +21,9 @@ use crate::{
     KernelError,
 };
 
+/// Cubes from which a matrix-unit kernel fills the device without splitting the keys.
+const MATRIX_MIN_CUBES: usize = 128;
+
 /// Split-KV aims at this many cubes when a call has few query tiles.
 const SPLIT_TARGET_CUBES: usize = 1024;
 
@@ -462,12 +465,14 @@ pub fn choose_kernel<R: CubeRuntime>(
     dims: &CallDims,
     dtype: DType,
 ) -> Result<KernelChoice, KernelError> {
-    // Few query tiles (decode, short prompts): the portable kernel splits the keys over cubes.
+    // The MMA kernel serves every call (it splits the keys of calls with few cubes); the cmma
+    // one only calls with enough query tiles, leaving decode and short prompts to the portable
+    // kernel, which splits the keys over cubes.
     let cmma_cubes =
         (dims.group() * dims.nq).div_ceil(prefill_cmma::ROWS as usize) * dims.hkv * dims.b;
     let choice = if mma_usable(client, dims, dtype) {
         KernelChoice::Mma
-    } else if cmma_cubes >= 128 && cmma_usable(client, dims, dtype) {
+    } else if cmma_cubes >= MATRIX_MIN_CUBES && cmma_usable(client, dims, dtype) {
         KernelChoice::Cmma
     } else {
         KernelChoice::Portable
@@ -729,11 +734,10 @@ fn launch_kernel<R: CubeRuntime>(
         keep_at,
     );
     let cubes = q_tiles * dims.hkv * dims.b;
-    // Few cubes: split the keys (decode, short prompts). The MMA kernel's prefill layout fills
-    // the device from 128 cubes on.
+    // Few cubes: split the keys (decode, short prompts).
     let split_keys = match choice {
         KernelChoice::Portable => cubes < SPLIT_TARGET_CUBES,
-        KernelChoice::Mma => cubes < 128,
+        KernelChoice::Mma => cubes < MATRIX_MIN_CUBES,
         KernelChoice::Cmma => false,
     };
     let splits = if split_keys {
