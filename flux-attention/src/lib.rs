@@ -27,6 +27,7 @@ mod kv_cache;
 mod linear;
 mod mode;
 pub mod reference;
+pub mod reference_backward;
 pub mod xattention;
 
 pub use activation::{
@@ -255,9 +256,14 @@ fn run<B: AttentionBackend>(
     let mut spec = AttentionSpec::new(visibility, q.dims()[3]);
     spec.layout = layout;
     let [qp, kp, vp] = [&q, &k, &v].map(|t| t.clone().into_primitive().tensor());
-    if !B::attention_needs_graph(&qp, &kp, &vp)
-        && B::has_fused_attention(&q.dims(), &k.dims(), q.dtype(), &spec, &q.device())
-    {
+    // A tracked call runs as one differentiable operation where the backend has a backward for
+    // it (O(N) state); otherwise autodiff records the reference's operations.
+    let fused = if B::attention_needs_graph(&qp, &kp, &vp) {
+        B::has_attention_backward(&spec)
+    } else {
+        B::has_fused_attention(&q.dims(), &k.dims(), q.dtype(), &spec, &q.device())
+    };
+    if fused {
         let [q, k, v] = [qp, kp, vp];
         Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(q, k, v, &spec)))
     } else {

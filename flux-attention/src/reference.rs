@@ -41,6 +41,43 @@ pub fn masked_attention<B: Backend>(
     visibility: &Visibility,
 ) -> Tensor<B, 4> {
     let [b, hq, nq, d] = q.dims();
+    let hkv = k.dims()[1];
+    let mut outputs = Vec::new();
+    for_each_chunk(&q, &k, &v, layout, visibility, |chunk| {
+        let out = softmax(chunk.scores, 3).matmul(chunk.v); // [b, hkv, group*rows, d]
+        outputs.push(out.reshape([b, hkv, hq / hkv, chunk.rows, d]));
+    });
+    cat_rows(outputs).reshape([b, hq, nq, d])
+}
+
+/// One chunk of query rows of a call, with the keys they may see.
+pub(crate) struct Chunk<B: Backend> {
+    /// First query row of the chunk.
+    pub start: usize,
+    /// Query rows in the chunk.
+    pub rows: usize,
+    /// Stored key ranges gathered, in order (`k` and `v` are their concatenation).
+    pub ranges: Vec<Range<usize>>,
+    /// Scaled queries, the heads of a KV group stacked: `[b, hkv, group * rows, d]`.
+    pub q: Tensor<B, 4>,
+    /// Gathered keys and values `[b, hkv, keys, d]`.
+    pub k: Tensor<B, 4>,
+    pub v: Tensor<B, 4>,
+    /// Scaled scores with hidden keys at `-inf`: `[b, hkv, group * rows, keys]`.
+    pub scores: Tensor<B, 4>,
+}
+
+/// Walks the query rows of a call in chunks whose score tensors stay under
+/// [`MAX_SCORE_ELEMENTS`], in row order; sink + window rules gather only the keys a chunk can see.
+pub(crate) fn for_each_chunk<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    layout: KeyLayout,
+    visibility: &Visibility,
+    mut visit: impl FnMut(Chunk<B>),
+) {
+    let [b, hq, nq, d] = q.dims();
     let [_, hkv, nk, _] = k.dims();
     let group = hq / hkv;
     let total = nk + layout.dropped;
@@ -49,7 +86,7 @@ pub fn masked_attention<B: Backend>(
     let device = q.device();
 
     // [b, hkv, group, nq, d]: a view, heads of one KV group are adjacent.
-    let q = q.mul_scalar(scale).reshape([b, hkv, group, nq, d]);
+    let q = q.clone().mul_scalar(scale).reshape([b, hkv, group, nq, d]);
     let budget = MAX_SCORE_ELEMENTS / (b * hq).max(1);
     // A chunk's rows all read the keys up to its last query (and, for sink + window, from its
     // first query's window on): chunks of at most CHUNK_ROWS rows waste little of that.
@@ -59,7 +96,6 @@ pub fn masked_attention<B: Backend>(
     };
     let rows_per_chunk = (budget / span.max(1)).clamp(1, CHUNK_ROWS).min(nq.max(1));
 
-    let mut outputs = Vec::with_capacity(nq.div_ceil(rows_per_chunk));
     let mut start = 0;
     while start < nq {
         let rows = rows_per_chunk.min(nq - start);
@@ -81,12 +117,12 @@ pub fn masked_attention<B: Backend>(
                 Tensor::cat(parts, 2)
             }
         };
-        let (k_chunk, v_chunk) = (gather(&k), gather(&v));
+        let (k_chunk, v_chunk) = (gather(k), gather(v));
         let q_chunk = q
             .clone()
             .narrow(3, start, rows)
             .reshape([b, hkv, group * rows, d]);
-        let scores = q_chunk.matmul(k_chunk.swap_dims(2, 3)); // [b, hkv, group*rows, keys]
+        let scores = q_chunk.clone().matmul(k_chunk.clone().swap_dims(2, 3));
         let mask = match window_band_mask::<B>(visibility, layout, &ranges, pa, rows, &device) {
             Some(mask) => Some(mask.reshape([1, 1, rows, keys]).expand([b, hq, rows, keys])),
             None => chunk_mask::<B>(visibility, &key_positions, pa, rows, b, hq, &device),
@@ -98,15 +134,25 @@ pub fn masked_attention<B: Backend>(
                 .reshape([b, hkv, group * rows, keys]),
             None => scores,
         };
-        let probs = softmax(scores, 3);
-        let out = probs.matmul(v_chunk); // [b, hkv, group*rows, d]
-        outputs.push(out.reshape([b, hkv, group, rows, d]));
+        visit(Chunk {
+            start,
+            rows,
+            ranges,
+            q: q_chunk,
+            k: k_chunk,
+            v: v_chunk,
+            scores,
+        });
         start += rows;
     }
-    if outputs.len() == 1 {
-        outputs.pop().expect("one chunk").reshape([b, hq, nq, d])
+}
+
+/// Per-chunk results `[b, hkv, group, rows, ..]` joined along the row axis.
+pub(crate) fn cat_rows<B: Backend>(mut parts: Vec<Tensor<B, 5>>) -> Tensor<B, 5> {
+    if parts.len() == 1 {
+        parts.pop().expect("one chunk")
     } else {
-        Tensor::cat(outputs, 3).reshape([b, hq, nq, d])
+        Tensor::cat(parts, 3)
     }
 }
 

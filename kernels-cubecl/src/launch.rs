@@ -60,11 +60,11 @@ pub enum KernelChoice {
     Mma,
 }
 
-fn tensor_err(tensor: &'static str, message: String) -> KernelError {
+pub(crate) fn tensor_err(tensor: &'static str, message: String) -> KernelError {
     KernelError::Tensor { tensor, message }
 }
 
-fn arg_err(argument: &'static str, message: String) -> KernelError {
+pub(crate) fn arg_err(argument: &'static str, message: String) -> KernelError {
     KernelError::Argument { argument, message }
 }
 
@@ -216,7 +216,7 @@ fn check_table(
     Ok(())
 }
 
-fn u32_array<R: CubeRuntime>(
+pub(crate) fn u32_array<R: CubeRuntime>(
     client: &ComputeClient<R>,
     data: &[u32],
 ) -> (cubecl::server::Handle, usize) {
@@ -361,7 +361,7 @@ pub fn fused_attention_routed<R: CubeRuntime>(
     for (spec, full_here) in [(&causal, true), (spec, false)] {
         let route = Some((&full, full_here));
         let (q, k, v) = (q.clone(), k.clone(), v.clone());
-        launch_kernel(q, k, v, out.clone(), route, spec, &dims, choice);
+        launch_kernel(q, k, v, out.clone(), route, spec, &dims, choice, None);
     }
     Ok(out)
 }
@@ -429,12 +429,12 @@ pub fn fused_attention_into<R: CubeRuntime>(
         ));
     }
     let (dims, choice) = prepare_call(&q, &[(&k, "k"), (&v, "v"), (&out, "out")], spec)?;
-    launch_kernel(q, k, v, out, None, spec, &dims, choice);
+    launch_kernel(q, k, v, out, None, spec, &dims, choice, None);
     Ok(choice)
 }
 
 /// Checks a call (`others`, named, in q's dtype; k and v first) and picks its kernel.
-fn prepare_call<R: CubeRuntime>(
+pub(crate) fn prepare_call<R: CubeRuntime>(
     q: &CubeTensor<R>,
     others: &[(&CubeTensor<R>, &'static str)],
     spec: &AttentionSpec,
@@ -499,13 +499,17 @@ fn cmma_usable<R: CubeRuntime>(client: &ComputeClient<R>, dims: &CallDims, dtype
 
 /// Whether the register-level MMA kernel can serve the call; `FLUX_NO_MMA` turns it off (to
 /// measure the cmma kernel in its place).
-fn mma_usable<R: CubeRuntime>(client: &ComputeClient<R>, dims: &CallDims, dtype: DType) -> bool {
+pub(crate) fn mma_usable<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dims: &CallDims,
+    dtype: DType,
+) -> bool {
     static NO_MMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     !switched_off(&NO_MMA, "FLUX_NO_MMA") && matrix_units_usable(client, dims, dtype, true)
 }
 
 /// Whether the environment variable `name` is set (read once into `cell`).
-fn switched_off(cell: &std::sync::OnceLock<bool>, name: &str) -> bool {
+pub(crate) fn switched_off(cell: &std::sync::OnceLock<bool>, name: &str) -> bool {
     *cell.get_or_init(|| std::env::var_os(name).is_some())
 }
 
@@ -644,8 +648,48 @@ impl KernelChoice {
     }
 }
 
+/// The kernels' rule number of a visibility.
+pub(crate) fn rule_of(visibility: &Visibility) -> u32 {
+    match visibility {
+        Visibility::Causal => RULE_CAUSAL,
+        Visibility::Window { .. } => RULE_WINDOW,
+        Visibility::Blocks(_) => RULE_BLOCKS,
+    }
+}
+
+/// The visibility parameters of a call; `keep_at` is where its keep flags sit in the metadata.
+pub(crate) fn mask_params<R: Runtime>(spec: &AttentionSpec, keep_at: u32) -> MaskParamsLaunch<R> {
+    let sat = |x: usize| x.min(u32::MAX as usize) as u32;
+    let (sink, window, dense) = match &spec.visibility {
+        Visibility::Window {
+            sink,
+            window,
+            dense,
+        } => (*sink, *window, dense.clone()),
+        Visibility::Causal | Visibility::Blocks(_) => (0, 1, 0..0),
+    };
+    let table = match &spec.visibility {
+        Visibility::Blocks(t) => Some(t),
+        _ => None,
+    };
+    MaskParamsLaunch::new(
+        sat(sink),
+        sat(window),
+        sat(dense.start),
+        sat(dense.end),
+        sat(spec.layout.kept_sink),
+        sat(spec.layout.dropped),
+        table.map_or(1, |t| sat(t.block)),
+        table.map_or(0, |t| sat(t.first_q_block)),
+        table.map_or(0, |t| sat(t.q_blocks)),
+        table.map_or(0, |t| sat(t.k_blocks)),
+        table.map_or(0, |t| sat(t.heads)),
+        keep_at,
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
-fn launch_kernel<R: CubeRuntime>(
+pub(crate) fn launch_kernel<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
@@ -654,6 +698,7 @@ fn launch_kernel<R: CubeRuntime>(
     spec: &AttentionSpec,
     dims: &CallDims,
     choice: KernelChoice,
+    lse: Option<&CubeTensor<R>>,
 ) {
     let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
     let client = q.client.clone();
@@ -663,24 +708,15 @@ fn launch_kernel<R: CubeRuntime>(
         .shape(dims, q.dtype.size(), smem_max)
         .expect("checked by choose_kernel");
     let (rows, keys) = (shape.rows, shape.keys);
-    let (rule, sink, window, dense) = match &spec.visibility {
-        Visibility::Causal => (RULE_CAUSAL, 0, 1, 0..0),
-        Visibility::Window {
-            sink,
-            window,
-            dense,
-        } => (RULE_WINDOW, *sink, *window, dense.clone()),
-        Visibility::Blocks(_) => (RULE_BLOCKS, 0, 1, 0..0),
-    };
-    let (lists, counts, max_tiles, keep, table) = match &spec.visibility {
+    let rule = rule_of(&spec.visibility);
+    let (lists, counts, max_tiles, keep) = match &spec.visibility {
         Visibility::Blocks(t) => {
             let (l, c, m) = tile_lists(t, dims, spec, rows, keys);
             let keep: Vec<u32> = t.keep.iter().map(|&x| x as u32).collect();
-            (l, c, m, keep, Some(t))
+            (l, c, m, keep)
         }
-        _ => (vec![], vec![], 1, vec![], None),
+        _ => (vec![], vec![], 1, vec![]),
     };
-    let sat = |x: usize| x.min(u32::MAX as usize) as u32;
     let q_tiles = (dims.group() * dims.nq).div_ceil(rows);
     // Every small table in one upload: q_lens, kv_lens, tile counts, tile lists, keep flags,
     // then room for the route flags, which a kernel copies in on the device.
@@ -719,27 +755,16 @@ fn launch_kernel<R: CubeRuntime>(
     }
     let route_full = route.is_some_and(|(_, full_here)| full_here) as u32;
     let meta_at = || MetaOffsetsLaunch::new(0, b, counts_at, lists_at, route_offset, route_full);
-    let mask = MaskParamsLaunch::new(
-        sat(sink),
-        sat(window),
-        sat(dense.start),
-        sat(dense.end),
-        sat(spec.layout.kept_sink),
-        sat(spec.layout.dropped),
-        table.map_or(1, |t| sat(t.block)),
-        table.map_or(0, |t| sat(t.first_q_block)),
-        table.map_or(0, |t| sat(t.q_blocks)),
-        table.map_or(0, |t| sat(t.k_blocks)),
-        table.map_or(0, |t| sat(t.heads)),
-        keep_at,
-    );
+    let mask = mask_params(spec, keep_at);
     let cubes = q_tiles * dims.hkv * dims.b;
-    // Few cubes: split the keys (decode, short prompts).
-    let split_keys = match choice {
-        KernelChoice::Portable => cubes < SPLIT_TARGET_CUBES,
-        KernelChoice::Mma => cubes < MATRIX_MIN_CUBES,
-        KernelChoice::Cmma => false,
-    };
+    // Few cubes: split the keys (decode, short prompts); never when the row log-sum-exps are
+    // wanted (the MMA kernel leaves them only unsplit).
+    let split_keys = lse.is_none()
+        && match choice {
+            KernelChoice::Portable => cubes < SPLIT_TARGET_CUBES,
+            KernelChoice::Mma => cubes < MATRIX_MIN_CUBES,
+            KernelChoice::Cmma => false,
+        };
     let splits = if split_keys {
         let tiles = match &spec.visibility {
             Visibility::Window {
@@ -764,7 +789,11 @@ fn launch_kernel<R: CubeRuntime>(
             DType::F32,
         )
     };
-    let (o_part, ml_part) = (part(dims.d), part(2));
+    let o_part = part(dims.d);
+    let (ml_part, ml_len) = match lse {
+        Some(lse) => (lse.clone(), rows),
+        None => (part(2), part_len(2)),
+    };
     let (meta_combine, out_combine) = (meta.clone(), out.clone());
     match choice {
         KernelChoice::Portable => unsafe {
@@ -778,7 +807,7 @@ fn launch_kernel<R: CubeRuntime>(
                 v.into_tensor_arg(),
                 out.into_tensor_arg(),
                 ArrayArg::from_raw_parts(o_part.handle.clone(), part_len(dims.d)),
-                ArrayArg::from_raw_parts(ml_part.handle.clone(), part_len(2)),
+                ArrayArg::from_raw_parts(ml_part.handle.clone(), ml_len),
                 ArrayArg::from_raw_parts(meta.clone(), meta_n),
                 meta_at(),
                 mask,
@@ -808,7 +837,7 @@ fn launch_kernel<R: CubeRuntime>(
                 v.into_tensor_arg(),
                 out.into_tensor_arg(),
                 ArrayArg::from_raw_parts(o_part.handle.clone(), part_len(dims.d)),
-                ArrayArg::from_raw_parts(ml_part.handle.clone(), part_len(2)),
+                ArrayArg::from_raw_parts(ml_part.handle.clone(), ml_len),
                 ArrayArg::from_raw_parts(meta.clone(), meta_n),
                 meta_at(),
                 mask,
@@ -821,6 +850,7 @@ fn launch_kernel<R: CubeRuntime>(
                 planes as u32,
                 m_tiles as u32,
                 splits > 1,
+                lse.is_some(),
                 dtype.into(),
             )
         },
@@ -857,7 +887,7 @@ fn launch_kernel<R: CubeRuntime>(
                 CubeCount::Static(rows as u32, 1, 1),
                 CubeDim::new_1d(dims.d as u32),
                 ArrayArg::from_raw_parts(o_part.handle, part_len(dims.d)),
-                ArrayArg::from_raw_parts(ml_part.handle, part_len(2)),
+                ArrayArg::from_raw_parts(ml_part.handle, ml_len),
                 ArrayArg::from_raw_parts(meta_combine, meta_n),
                 meta_at(),
                 out_combine.into_tensor_arg(),

@@ -21,6 +21,10 @@
 
 #[cfg(feature = "kernels")]
 pub mod activation;
+#[cfg(feature = "kernels")]
+mod backward;
+#[cfg(feature = "kernels")]
+mod backward_mma;
 #[cfg(feature = "cublas")]
 pub mod blas;
 #[cfg(feature = "kernels")]
@@ -45,6 +49,10 @@ mod visibility;
 #[cfg(feature = "kernels")]
 mod xattention;
 
+#[cfg(feature = "kernels")]
+pub use backward::{
+    backward_usable, check_backward, fused_attention_backward, fused_attention_with_lse,
+};
 #[cfg(feature = "kernels")]
 pub use compilation_cache::{enable_kernel_cache, kernel_cache_dir};
 pub use error::KernelError;

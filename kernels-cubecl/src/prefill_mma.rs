@@ -8,7 +8,8 @@
 //! memory whose rows are padded by one 16-byte chunk, so the eight row addresses of an
 //! `ldmatrix` hit eight different bank groups; Q fragments are reloaded from shared memory each
 //! tile (registers go to S and O). Decode-sized calls run one warp per cube and split the keys
-//! over cubes, leaving partials for `combine_splits`.
+//! over cubes, leaving partials for `combine_splits`. With `write_lse` (unsplit calls only) the
+//! kernel also leaves each row's log-sum-exp in `ml_part`, for the backward pass.
 //!
 //! Register layout (PTX `m16n8k16`; `g = lane / 4`, `t = lane % 4`): an accumulator tile of 16
 //! rows x 8 columns holds rows `g` and `g + 8`, columns `2t, 2t + 1`, in two `f32x2`. A row is
@@ -144,6 +145,7 @@ pub fn flash_attention_mma<F: Float, N: Size>(
     #[comptime] planes: u32,
     #[comptime] m_tiles: u32,
     #[comptime] split: bool,
+    #[comptime] write_lse: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     // `N` is 8 elements (16 bytes): one chunk per vector.
@@ -503,6 +505,10 @@ pub fn flash_attention_mma<F: Float, N: Size>(
                         ml_part[(prow * 2 + 1) as usize] = l;
                     }
                 } else {
+                    if write_lse && quad_t == 0 && i < q_len {
+                        // Log-sum-exp of the scaled scores, for the backward pass.
+                        ml_part[((b * hq + h) * nq + i) as usize] = m_run[ri] * scale + l.ln();
+                    }
                     let inv = select(i < q_len && l > 0.0, 1.0 / l, 0.0f32);
                     let base = (((b * hq + h) * nq + i) * head_dim + 2 * quad_t) as usize;
                     #[unroll]
