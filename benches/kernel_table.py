@@ -41,6 +41,15 @@ for n in ns:
     f, w, x = get("flux", "prefill_streaming", n, "cuda"), get("flux", "prefill_streaming", n, "wgpu"), get("flex", "prefill_streaming", n)
     print(f"| {n} | {cell(f, 'tflops')} | {cell(w, 'tflops')} | {cell(x, 'tflops')} | {ratio(f, x)} |")
 
+print("\nBackward (dQ, dK, dV from the forward's output and log-sum-exps), median ms (TFLOP/s, 2.5x the forward's FLOPs)\n")
+print("| N | flux cuda, full | torch SDPA flash | flux vs flash | flux cuda, sink + window | torch flex_attention | flux vs flex |")
+print("|---|---|---|---|---|---|---|")
+for n in ns:
+    f, fl = get("flux", "backward_full", n, "cuda"), get("sdpa_flash", "backward_full", n)
+    s_, x = get("flux", "backward_streaming", n, "cuda"), get("flex", "backward_streaming", n)
+    if f or fl:
+        print(f"| {n} | {cell(f, 'tflops')} | {cell(fl, 'tflops')} | {ratio(f, fl)} | {cell(s_, 'tflops')} | {cell(x, 'tflops')} | {ratio(s_, x)} |")
+
 print("\nDecode, one query per sequence, median us (effective TB/s of K and V read)\n")
 print("| N | flux cuda full | flux wgpu full | torch SDPA full | flux cuda sink+window | torch SDPA on a gathered sink+window cache |")
 print("|---|---|---|---|---|---|")

@@ -20,6 +20,7 @@ p.add_argument("--kv-heads", type=int, default=8)
 p.add_argument("--head-dim", type=int, default=128)
 p.add_argument("--sink", type=int, default=128)
 p.add_argument("--window", type=int, default=2048)
+p.add_argument("--backward-up-to", type=int, default=32768)
 p.add_argument("--json", default=None)
 args = p.parse_args()
 
@@ -128,6 +129,53 @@ for n in [int(x) for x in args.lengths.split(",")]:
             record("flex", "prefill_streaming", n, ms, per_pair * window_pairs, 0, err)
         except Exception as e:  # noqa: BLE001
             print(f"flex streaming at {n}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+
+    # Backward (given the forward's graph): FLOPs 2.5x the forward's, as flux counts them. The
+    # gradients are checked against the math backend in float32 up to 8K tokens.
+    if n <= args.backward_up_to:
+        d_out = torch.rand_like(q) * 2 - 1
+
+        def grads_of(attend):
+            qg, kg, vg = [t.detach().requires_grad_() for t in (q, k, v)]
+            out = attend(qg, kg, vg)
+            return lambda: torch.autograd.grad(out, (qg, kg, vg), d_out, retain_graph=True)
+
+        def check_grads(got, mask):
+            if n > 8192:
+                return 0.0
+            qg, kg, vg = [t.detach().float().requires_grad_() for t in (q, k, v)]
+            with sdpa_kernel(SDPBackend.MATH):
+                out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, enable_gqa=True)
+            want = torch.autograd.grad(out, (qg, kg, vg), d_out.float())
+            return max(((g.float() - w).norm() / w.norm()).item() for g, w in zip(got, want))
+
+        causal_mask = torch.ones(n, n, dtype=torch.bool, device=dev).tril() if n <= 8192 else None
+        try:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                fn = grads_of(lambda a, b_, c: F.scaled_dot_product_attention(a, b_, c, is_causal=True, enable_gqa=True))
+                ms = median_ms(fn)
+                err = check_grads(fn(), causal_mask)
+            if err > 2e-2:
+                sys.exit(f"flash backward at {n}: relative error {err}")
+            record("sdpa_flash", "backward_full", n, ms, 2.5 * per_pair * causal_pairs, 0, err)
+        except Exception as e:  # noqa: BLE001
+            print(f"flash backward at {n}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        if flex is not None:
+            try:
+                fn = grads_of(lambda a, b_, c: flex(a, b_, c, block_mask=bm, enable_gqa=True))
+                ms = median_ms(fn)
+                wmask = None
+                if n <= 8192:
+                    i = torch.arange(n, device=dev)
+                    wmask = (i[None, :] <= i[:, None]) & ((i[None, :] < sink) | (i[:, None] - i[None, :] < window))
+                err = check_grads(fn(), wmask)
+                if err > 2e-2:
+                    sys.exit(f"flex backward at {n}: relative error {err}")
+                record("flex", "backward_streaming", n, ms, 2.5 * per_pair * window_pairs, 0, err)
+            except Exception as e:  # noqa: BLE001
+                print(f"flex backward at {n}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        del d_out
+        torch.cuda.empty_cache()
 
     # Decode: the last query over the full cache, and over a pre-gathered sink + window cache.
     qd = q[:, :, n - 1:n]

@@ -1,5 +1,6 @@
 //! Fused attention kernels on a GPU: a correctness suite in every float dtype, then timings of
-//! full and sink + window attention, prefill and decode, beside burn 0.21's own `attention`.
+//! full and sink + window attention, prefill, backward and decode, beside burn 0.21's own
+//! `attention`.
 //!
 //! `benches/kernel-bench.sh` runs this and `benches/torch_attention.py` on the same shapes and
 //! prints one table; RESULTS.md keeps the figures. Every timed output is checked against a float64
@@ -15,6 +16,8 @@ use burn::tensor::{
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
 use clap::Parser;
 
+#[path = "../attention_backward.rs"]
+mod attention_backward;
 #[path = "../timing.rs"]
 mod timing;
 use flux_attention::{reference, AttentionSpec, BlockSelection, KeyLayout, Visibility};
@@ -63,6 +66,9 @@ struct Args {
     xattention_threshold: f64,
     #[arg(long, default_value_t = 32768)]
     xattention_up_to: usize,
+    /// The backward kernels are timed up to this length (0: not at all).
+    #[arg(long, default_value_t = 32768)]
+    backward_up_to: usize,
     /// Skip the timings (correctness suite only).
     #[arg(long)]
     check_only: bool,
@@ -102,6 +108,9 @@ fn run<R: CubeRuntime, BT: BoolElement>(args: &Args, device: R::Device) -> Resul
     for name in args.check_dtypes.iter().filter(|s| !s.is_empty()) {
         let dtype = parse_dtype(name)?;
         check_suite::<R, BT>(&device, dtype, &mut rng)?;
+        if dtype != DType::F32 {
+            attention_backward::check_suite::<R, BT>(&device, dtype)?;
+        }
     }
     if args.check_only {
         return Ok(());
@@ -545,6 +554,21 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
         };
         ensure!(err < 2e-2, "{op} at {n}: relative error {err:e}");
         record(rows, op, "flux", secs, per_pair * pairs, 0.0, err);
+    }
+
+    // Backward (given the forward's output and log-sum-exps): FLOPs counted as 2.5x the
+    // forward's (five matrix products), as FlashAttention and torch count them.
+    if n <= args.backward_up_to {
+        for (op, vis, pairs) in [
+            ("backward_full", Visibility::Causal, causal_pairs),
+            ("backward_streaming", streaming.clone(), window_pairs),
+        ] {
+            if let Some((secs, err)) =
+                attention_backward::time_backward::<R, BT>(device, &q, &k, &v, &vis, args.seconds)?
+            {
+                record(rows, op, "flux", secs, 2.5 * per_pair * pairs, 0.0, err);
+            }
+        }
     }
 
     // Decode: the last position's query over the whole cache.
