@@ -37,6 +37,39 @@ fn relative_error(got: &[f64], want: &[f64]) -> f64 {
         / scale
 }
 
+/// Inputs of one call: data and shapes.
+struct Inputs<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    /// The output's gradient (the loss is `sum(w * out)`).
+    w: &'a [f32],
+    qs: [usize; 4],
+    ks: [usize; 4],
+}
+
+/// Output and `[dq, dk, dv]` by autodiff of the reference's recorded operations (softmax over
+/// N x N scores).
+fn recorded(x: &Inputs, layout: KeyLayout, visibility: &Visibility) -> (Vec<f64>, [Vec<f64>; 3]) {
+    let [q, k, v] = [(x.q, x.qs), (x.k, x.ks), (x.v, x.ks)]
+        .map(|(d, s)| tensor::<Grad, 4>(d, s).require_grad());
+    let out = reference::masked_attention(q.clone(), k.clone(), v.clone(), layout, visibility);
+    let grads = (out.clone() * tensor::<Grad, 4>(x.w, x.qs))
+        .sum()
+        .backward();
+    let g = [q, k, v].map(|t| values(t.grad(&grads).expect("a gradient")));
+    (values(out.inner()), g)
+}
+
+/// Output and `[dq, dk, dv]` by the chunked forward with log-sum-exps and backward.
+fn chunked(x: &Inputs, layout: KeyLayout, visibility: &Visibility) -> (Vec<f64>, [Vec<f64>; 3]) {
+    let [q, k, v] = [(x.q, x.qs), (x.k, x.ks), (x.v, x.ks)].map(|(d, s)| tensor::<F64, 4>(d, s));
+    let (out, lse) = attention_with_lse(q.clone(), k.clone(), v.clone(), layout, visibility);
+    let d_out = tensor::<F64, 4>(x.w, x.qs);
+    let (dq, dk, dv) = attention_backward(q, k, v, out.clone(), lse, d_out, layout, visibility);
+    (values(out), [dq, dk, dv].map(values))
+}
+
 struct Case {
     name: &'static str,
     shape: [usize; 5], // b, hq, hkv, nq, nk (stored keys)
@@ -132,44 +165,20 @@ fn backward_matches_autodiff_of_the_reference() {
         let v = random(&mut rng, b * hkv * nk * d);
         let w = random(&mut rng, b * hq * nq * d);
 
-        // Autodiff of the reference's operations (softmax over N x N scores, recorded).
-        let [qa, ka, va] =
-            [(&q, qs), (&k, ks), (&v, ks)].map(|(x, s)| tensor::<Grad, 4>(x, s).require_grad());
-        let out_ref = reference::masked_attention(
-            qa.clone(),
-            ka.clone(),
-            va.clone(),
-            case.layout,
-            &case.visibility,
-        );
-        let grads = (out_ref.clone() * tensor::<Grad, 4>(&w, qs))
-            .sum()
-            .backward();
-        let want = [qa, ka, va].map(|t| values(t.grad(&grads).expect("a gradient")));
-
-        // The chunked backward from the saved output and log-sum-exps.
-        let [qf, kf, vf] = [(&q, qs), (&k, ks), (&v, ks)].map(|(x, s)| tensor::<F64, 4>(x, s));
-        let (out, lse) = attention_with_lse(
-            qf.clone(),
-            kf.clone(),
-            vf.clone(),
-            case.layout,
-            &case.visibility,
-        );
-        let err = relative_error(&values(out.clone()), &values(out_ref.inner()));
+        let x = Inputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            w: &w,
+            qs,
+            ks,
+        };
+        let (out_want, want) = recorded(&x, case.layout, &case.visibility);
+        let (out, got) = chunked(&x, case.layout, &case.visibility);
+        let err = relative_error(&out, &out_want);
         assert!(err < 1e-12, "{}: output, relative error {err}", case.name);
-        let (dq, dk, dv) = attention_backward(
-            qf,
-            kf,
-            vf,
-            out,
-            lse,
-            tensor::<F64, 4>(&w, qs),
-            case.layout,
-            &case.visibility,
-        );
-        for ((name, got), want) in ["dq", "dk", "dv"].iter().zip([dq, dk, dv]).zip(&want) {
-            let err = relative_error(&values(got), want);
+        for ((name, got), want) in ["dq", "dk", "dv"].iter().zip(&got).zip(&want) {
+            let err = relative_error(got, want);
             assert!(err < 1e-10, "{}: {name}, relative error {err}", case.name);
         }
     }
@@ -203,39 +212,19 @@ fn tracked_attention_runs_the_chunked_backward() {
         let grads = (out * tensor::<Grad, 4>(&w, qs)).sum().backward();
         let got = [qa, ka, va].map(|t| values(t.grad(&grads).expect("a gradient")));
 
-        let [qf, kf, vf] = [(&q, qs), (&k, ks), (&v, ks)].map(|(x, s)| tensor::<F64, 4>(x, s));
-        let (out, lse) = attention_with_lse(
-            qf.clone(),
-            kf.clone(),
-            vf.clone(),
-            KeyLayout::default(),
-            &visibility,
-        );
-        let (dq, dk, dv) = attention_backward(
-            qf,
-            kf,
-            vf,
-            out,
-            lse,
-            tensor::<F64, 4>(&w, qs),
-            KeyLayout::default(),
-            &visibility,
-        );
-        for ((name, g), want) in ["dq", "dk", "dv"].iter().zip(&got).zip([dq, dk, dv]) {
-            assert_eq!(g, &values(want), "{mode:?}: {name}");
+        let x = Inputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            w: &w,
+            qs,
+            ks,
+        };
+        let (_, want) = chunked(&x, KeyLayout::default(), &visibility);
+        for ((name, g), want) in ["dq", "dk", "dv"].iter().zip(&got).zip(&want) {
+            assert_eq!(g, want, "{mode:?}: {name}");
         }
-
-        let [qa, ka, va] =
-            [(&q, qs), (&k, ks), (&v, ks)].map(|(x, s)| tensor::<Grad, 4>(x, s).require_grad());
-        let out = reference::masked_attention(
-            qa.clone(),
-            ka.clone(),
-            va.clone(),
-            KeyLayout::default(),
-            &visibility,
-        );
-        let grads = (out * tensor::<Grad, 4>(&w, qs)).sum().backward();
-        let recorded = [qa, ka, va].map(|t| values(t.grad(&grads).expect("a gradient")));
+        let (_, recorded) = recorded(&x, KeyLayout::default(), &visibility);
         assert_ne!(got, recorded, "{mode:?}: cannot tell the two paths apart");
     }
 }

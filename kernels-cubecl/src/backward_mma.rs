@@ -26,7 +26,9 @@ use cubecl::cmma::{MatrixIdent, MmaDefinition};
 use cubecl::prelude::barrier::{copy_async_checked, Barrier};
 use cubecl::prelude::*;
 
-use crate::prefill_mma::{CHUNK, KEYS, PLANE_SIZE, WARP_ROWS};
+use crate::prefill_mma::{
+    b_operand, load_tile_async, zero_acc, Pair, CHUNK, KEYS, PLANE_SIZE, WARP_ROWS,
+};
 use crate::prefill_portable::NEG;
 use crate::visibility::{
     position, sees, tile_at, tile_fully_visible, tile_range, MaskParams, MetaOffsets, RULE_WINDOW,
@@ -36,8 +38,6 @@ use crate::visibility::{
 pub const Q_STEP: u32 = 32;
 /// Log-sum-exp of a padding row: its probabilities come out 0.
 const NO_ROW: f32 = 1.0e30;
-
-type Pair<E> = Vector<E, Const<2>>;
 
 /// Shared memory in bytes of [`attention_dq_mma`] with `rows` stacked rows per cube: Q, dO,
 /// two K and two V tiles, two barriers.
@@ -73,15 +73,6 @@ pub fn attention_delta<F: Float>(
     }
 }
 
-/// A zeroed accumulator tile (16 x 8, f32).
-#[cube]
-fn zero_acc() -> Array<Pair<f32>> {
-    let mut acc = Array::<Pair<f32>>::new(2usize);
-    acc[0usize] = Pair::<f32>::new(0.0f32);
-    acc[1usize] = Pair::<f32>::new(0.0f32);
-    acc
-}
-
 /// `count` zeroed accumulator tiles.
 #[cube]
 fn zero_tiles(#[comptime] count: u32) -> Sequence<Array<Pair<f32>>> {
@@ -91,15 +82,6 @@ fn zero_tiles(#[comptime] count: u32) -> Sequence<Array<Pair<f32>>> {
         tiles.push(zero_acc());
     }
     tiles
-}
-
-/// Registers `2 half` and `2 half + 1` of an `ldmatrix.x4` result: one B operand.
-#[cube]
-fn b_operand<F: Float>(regs: &Array<Pair<F>>, #[comptime] half: usize) -> Array<Pair<F>> {
-    let mut b = Array::<Pair<F>>::new(2usize);
-    b[0usize] = regs[2 * half];
-    b[1usize] = regs[2 * half + 1];
-    b
 }
 
 /// `acc[m * n_tiles + j] += A[a_row0 + 16 m .., :] . B[b_row0 + 8 j .., :]^T` over the head dimension:
@@ -209,40 +191,6 @@ fn acc_p_b<F: Float, N: Size>(
                 def.execute_inplace(a, &b1, out.index_mut((m * o_tiles + 2 * n2 + 1) as usize));
             }
         }
-    }
-}
-
-/// Starts `cp.async` copies of `count` rows of `src` into a padded shared tile from row `at0`:
-/// row `r` is key `k0 + r` of the KV head at `kv_base` (zero-filled at or past `kv_len`).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn load_keys_async<F: Float, N: Size>(
-    src: &Tensor<Vector<F, N>>,
-    tile: &mut SharedMemory<Vector<F, N>>,
-    at0: u32,
-    kv_base: usize,
-    k0: u32,
-    kv_len: u32,
-    t: u32,
-    #[comptime] count: u32,
-    #[comptime] dvec: u32,
-    #[comptime] ld: u32,
-    #[comptime] threads: u32,
-) {
-    #[unroll]
-    for step in 0..comptime!(count * dvec / threads) {
-        let idx = t + step * threads;
-        let key = k0 + idx / dvec;
-        let inside = key < kv_len;
-        // An outside row reads nothing (length 0) from a valid address and writes zeros.
-        let from = select(inside, kv_base + (key * dvec + idx % dvec) as usize, 0usize);
-        let len = select(inside, 1usize, 0usize);
-        let at = ((at0 + idx / dvec) * ld + idx % dvec) as usize;
-        copy_async_checked(
-            &src.slice(from, from + len),
-            &mut tile.slice_mut(at, at + 1usize),
-            CHUNK,
-        );
     }
 }
 
@@ -416,12 +364,8 @@ pub fn attention_dq_mma<F: Float, N: Size>(
         let kv_base = ((b * hkv + kvh) * nk * dvec) as usize;
         if range.total > 0 {
             let k0 = tile_at(&range, 0u32) * KEYS;
-            load_keys_async(
-                k, &mut k_s, 0u32, kv_base, k0, kv_len, t, KEYS, dvec, ld, threads,
-            );
-            load_keys_async(
-                v, &mut v_s, 0u32, kv_base, k0, kv_len, t, KEYS, dvec, ld, threads,
-            );
+            load_tile_async(k, &mut k_s, 0u32, kv_base, k0, kv_len, t, dvec, ld, threads);
+            load_tile_async(v, &mut v_s, 0u32, kv_base, k0, kv_len, t, dvec, ld, threads);
         }
         bar0.commit_copy_async();
         let _ = bar0.arrive();
@@ -443,12 +387,8 @@ pub fn attention_dq_mma<F: Float, N: Size>(
             if it + 1 < range.total {
                 let next = tile_at(&range, it + 1) * KEYS;
                 let at = KEYS * (1 - cur);
-                load_keys_async(
-                    k, &mut k_s, at, kv_base, next, kv_len, t, KEYS, dvec, ld, threads,
-                );
-                load_keys_async(
-                    v, &mut v_s, at, kv_base, next, kv_len, t, KEYS, dvec, ld, threads,
-                );
+                load_tile_async(k, &mut k_s, at, kv_base, next, kv_len, t, dvec, ld, threads);
+                load_tile_async(v, &mut v_s, at, kv_base, next, kv_len, t, dvec, ld, threads);
                 if cur == 0 {
                     bar1.commit_copy_async();
                     let _ = bar1.arrive();
@@ -636,12 +576,8 @@ pub fn attention_dkdv_mma<F: Float, N: Size>(
     if k0 < kv_len {
         let kv_base = ((b * hkv + kvh) * nk * dvec) as usize;
         // K and V arrive with the first step's rows, on the first barrier.
-        load_keys_async(
-            k, &mut k_s, 0u32, kv_base, k0, kv_len, t, KEYS, dvec, ld, threads,
-        );
-        load_keys_async(
-            v, &mut v_s, 0u32, kv_base, k0, kv_len, t, KEYS, dvec, ld, threads,
-        );
+        load_tile_async(k, &mut k_s, 0u32, kv_base, k0, kv_len, t, dvec, ld, threads);
+        load_tile_async(v, &mut v_s, 0u32, kv_base, k0, kv_len, t, dvec, ld, threads);
         let k1 = (k0 + KEYS).min(kv_len);
         let kp0 = position(k0, &mask);
         let kp1 = position(k1 - 1, &mask);

@@ -43,7 +43,7 @@ pub const CHUNK: u32 = 8;
 const HIDDEN: f32 = -1.0e29;
 
 /// Two adjacent 16-bit elements, or two f32 accumulators: one MMA register.
-type Pair<E> = Vector<E, Const<2>>;
+pub(crate) type Pair<E> = Vector<E, Const<2>>;
 
 /// Shared memory in bytes for a cube of `rows` stacked query rows and head dimension
 /// `head_dim` (16-bit elements): Q, K and V tiles with rows padded by one chunk, and the two
@@ -55,7 +55,7 @@ pub fn shared_bytes(rows: usize, head_dim: usize) -> usize {
 
 /// A zeroed accumulator tile (16 x 8, f32).
 #[cube]
-fn zero_acc() -> Array<Pair<f32>> {
+pub(crate) fn zero_acc() -> Array<Pair<f32>> {
     let mut acc = Array::<Pair<f32>>::new(2usize);
     acc[0usize] = Pair::<f32>::new(0.0f32);
     acc[1usize] = Pair::<f32>::new(0.0f32);
@@ -64,7 +64,10 @@ fn zero_acc() -> Array<Pair<f32>> {
 
 /// Registers `2 half` and `2 half + 1` of an `ldmatrix.x4` result: one B operand.
 #[cube]
-fn b_operand<F: Float>(regs: &Array<Pair<F>>, #[comptime] half: usize) -> Array<Pair<F>> {
+pub(crate) fn b_operand<F: Float>(
+    regs: &Array<Pair<F>>,
+    #[comptime] half: usize,
+) -> Array<Pair<F>> {
     let mut b = Array::<Pair<F>>::new(2usize);
     b[0usize] = regs[2 * half];
     b[1usize] = regs[2 * half + 1];
@@ -89,13 +92,15 @@ fn tile_index(
     kt
 }
 
-/// Starts the `cp.async` copies of keys (or values) `k0 .. k0 + KEYS` into a padded tile;
-/// rows at or past `kv_len` are zero-filled (hidden keys then meet zero values, not garbage).
+/// Starts the `cp.async` copies of keys (or values) `k0 .. k0 + KEYS` into a padded tile from
+/// its row `at0`; rows at or past `kv_len` are zero-filled (hidden keys then meet zero values,
+/// not garbage).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_tile_async<F: Float, N: Size>(
+pub(crate) fn load_tile_async<F: Float, N: Size>(
     src: &Tensor<Vector<F, N>>,
     tile: &mut SharedMemory<Vector<F, N>>,
+    at0: u32,
     kv_base: usize,
     k0: u32,
     kv_len: u32,
@@ -112,7 +117,7 @@ fn load_tile_async<F: Float, N: Size>(
         // An outside row reads nothing (length 0) from a valid address and writes zeros.
         let from = select(inside, kv_base + (key * dvec + idx % dvec) as usize, 0usize);
         let len = select(inside, 1usize, 0usize);
-        let at = (idx / dvec * ld + idx % dvec) as usize;
+        let at = ((at0 + idx / dvec) * ld + idx % dvec) as usize;
         copy_async_checked(
             &src.slice(from, from + len),
             &mut tile.slice_mut(at, at + 1usize),
@@ -256,6 +261,7 @@ pub fn flash_attention_mma<F: Float, N: Size>(
             load_tile_async(
                 k,
                 &mut k_s,
+                0u32,
                 kv_base,
                 kt * KEYS,
                 kv_len,
@@ -284,7 +290,7 @@ pub fn flash_attention_mma<F: Float, N: Size>(
             // overwritten.
             bar_k.wait_parity(parity);
             sync_cube();
-            load_tile_async(v, &mut v_s, kv_base, k0, kv_len, t, dvec, ld, threads);
+            load_tile_async(v, &mut v_s, 0u32, kv_base, k0, kv_len, t, dvec, ld, threads);
             bar_v.commit_copy_async();
             let _ = bar_v.arrive();
 
@@ -416,6 +422,7 @@ pub fn flash_attention_mma<F: Float, N: Size>(
                 load_tile_async(
                     k,
                     &mut k_s,
+                    0u32,
                     kv_base,
                     next * KEYS,
                     kv_len,
