@@ -43,6 +43,7 @@ impl MetricsLog {
         accumulation: usize,
         print_every: usize,
     ) -> std::io::Result<Self> {
+        drop_cut_line(path)?;
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
             inner,
@@ -78,7 +79,13 @@ impl MetricsLog {
 
     fn write(&mut self, line: serde_json::Value) {
         if let Some(f) = &mut self.file {
-            if writeln!(f, "{line}").and_then(|_| f.flush()).is_err() {
+            // One write of the whole line: `writeln!` would issue a write per formatted piece,
+            // and a process killed between them leaves half a line.
+            let text = format!("{line}\n");
+            if f.write_all(text.as_bytes())
+                .and_then(|_| f.flush())
+                .is_err()
+            {
                 eprintln!(
                     "train_router: cannot append to metrics.jsonl; metrics are no longer logged"
                 );
@@ -230,4 +237,22 @@ impl MetricsRenderer for MetricsLog {
             inner.register_metric(definition);
         }
     }
+}
+
+/// Truncates a metrics log after its last complete line: a run killed while appending (before
+/// lines were written whole) may have left a cut one, which a resumed run must not extend.
+fn drop_cut_line(path: &Path) -> std::io::Result<()> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if bytes.last().is_none_or(|&b| b == b'\n') {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(keep as u64)
 }
