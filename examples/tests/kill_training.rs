@@ -1,9 +1,7 @@
 //! Crash safety of `train_router` (issue 14 item 3): runs killed with SIGKILL at seeded random
 //! moments leave no half-written file (JSON, JSON lines, router files), their newest complete
 //! checkpoint always exports on its own and resumes, and the resumed run completes from exactly
-//! that checkpoint. (That a resume reproduces an uninterrupted run is tested in one process by
-//! flux-models' `router_training.rs`: two processes with the same seed do not yet train the same
-//! bits, see the closing note of this test's commit.)
+//! that checkpoint and ends where an uninterrupted run with the same seed does.
 //!
 //! Tiny random Llama-3 checkpoint (flux-models' test fixture) and random-token router data, on
 //! ndarray.
@@ -233,6 +231,15 @@ fn killed_runs_resume_from_their_newest_checkpoint() {
             "kill {run}: resumed from another checkpoint than the newest complete one"
         );
         assert_whole_safetensors(&final_out);
+        // The finished run ends where the uninterrupted one did (same seed, other process).
+        for key in ["final_validation", "final_multipliers"] {
+            assert!(!want[key].is_null(), "the manifest has no {key}");
+            close_json(
+                &got[key],
+                &want[key],
+                &format!("kill {run} at {at:?}: {key}"),
+            );
+        }
     }
     assert!(
         resumed_from_a_checkpoint >= KILLS / 2,
@@ -247,4 +254,32 @@ fn assert_whole_safetensors(path: &Path) {
     let tensors = safetensors::SafeTensors::deserialize(&bytes)
         .unwrap_or_else(|e| panic!("{} is not whole: {e}", path.display()));
     assert!(tensors.len() > 0, "{} holds no tensor", path.display());
+}
+
+/// Numbers within 1e-4 (relative), everything else equal; timings are skipped.
+fn close_json(got: &serde_json::Value, want: &serde_json::Value, what: &str) {
+    use serde_json::Value;
+    match (got, want) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{what}: {a} against {b} uninterrupted"
+            );
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                if k != "elapsed_s" && k != "tokens_per_second" {
+                    close_json(&a[k], v, &format!("{what}.{k}"));
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                close_json(x, y, &format!("{what}[{i}]"));
+            }
+        }
+        (a, b) => assert_eq!(a, b, "{what}"),
+    }
 }

@@ -551,6 +551,9 @@ where
     };
     let micro_per_epoch = config.micro_batches_per_epoch();
     let devices = config.devices.max(1);
+    // The routers' initial weights come from the backend's generator: seeded, so that two
+    // processes with the same seed train the same routers.
+    B::seed(&device, config.seed);
     let mut routers = RouterSet::<B>::new(&router_config, c.num_layers, &device);
     // A resumed run's routers come from its checkpoint.
     if config.standardize_samples > 0 && done_epochs == 0 {
