@@ -256,3 +256,34 @@ fn drop_cut_line(path: &Path) -> std::io::Result<()> {
         .open(path)?
         .set_len(keep as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::drop_cut_line;
+
+    #[test]
+    fn a_cut_last_line_is_dropped_and_whole_logs_are_kept() {
+        let dir = std::env::temp_dir().join(format!("flux-cut-line-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        for (before, after) in [
+            ("{\"a\":1}\n{\"b\":2}\n{\"c\":", "{\"a\":1}\n{\"b\":2}\n"),
+            ("{\"a\":1}\n", "{\"a\":1}\n"),
+            ("{\"a\"", ""),
+            ("", ""),
+        ] {
+            std::fs::write(&path, before).unwrap();
+            drop_cut_line(&path).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                after,
+                "from {before:?}"
+            );
+        }
+        // A log that does not exist yet is left alone.
+        std::fs::remove_file(&path).unwrap();
+        drop_cut_line(&path).unwrap();
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
