@@ -6,7 +6,9 @@
 //! the reference forward in float64 (`flux-attention/tests/attention_backward.rs`).
 
 use anyhow::{ensure, Context, Result};
-use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorPrimitive};
+use burn::tensor::{
+    backend::Backend, DType, Distribution, ElementConversion, Tensor, TensorPrimitive,
+};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
 use flux_attention::{reference_backward, AttentionSpec, Visibility};
 
@@ -31,18 +33,9 @@ fn relative_error<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) 
         .powi_scalar(2)
         .sum()
         .into_scalar()
-        .to_f32_lossy();
-    let den: f32 = b.powi_scalar(2).sum().into_scalar().to_f32_lossy();
+        .elem::<f32>();
+    let den: f32 = b.powi_scalar(2).sum().into_scalar().elem::<f32>();
     (num as f64 / (den as f64).max(1e-30)).sqrt()
-}
-
-trait ToF32 {
-    fn to_f32_lossy(self) -> f32;
-}
-impl<E: burn::tensor::Element> ToF32 for E {
-    fn to_f32_lossy(self) -> f32 {
-        burn::tensor::ElementConversion::elem::<f32>(self)
-    }
 }
 
 /// The kernels' forward (with log-sum-exps) and backward of one call, and the chunked
@@ -89,7 +82,7 @@ fn compare<R: CubeRuntime, BT: BoolElement>(
         .abs()
         .max()
         .into_scalar()
-        .to_f32_lossy();
+        .elem::<f32>();
     let errs = [
         relative_error(tensor::<R, BT, 4>(out), out_r),
         relative_error(tensor::<R, BT, 4>(dq), dq_r),
@@ -201,7 +194,7 @@ pub fn time_backward<R: CubeRuntime, BT: BoolElement>(
         let [dq, dk, dv] = grads.expect("ran");
         for (name, g) in [("dq", dq), ("dk", dk), ("dv", dv)] {
             let g = tensor::<R, BT, 4>(g).cast(DType::F32);
-            let norm: f32 = g.powi_scalar(2).sum().into_scalar().to_f32_lossy();
+            let norm: f32 = g.powi_scalar(2).sum().into_scalar().elem::<f32>();
             ensure!(
                 norm.is_finite() && norm > 0.0,
                 "{name} at {n}: squared norm {norm}"

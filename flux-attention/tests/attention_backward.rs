@@ -195,6 +195,14 @@ fn tracked_attention_runs_the_chunked_backward() {
     let k = random(&mut rng, 2 * 45 * 16);
     let v = random(&mut rng, 2 * 45 * 16);
     let w = random(&mut rng, 4 * 45 * 16);
+    let x = Inputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        w: &w,
+        qs,
+        ks,
+    };
     for (mode, visibility) in [
         (AttentionMode::Full, Visibility::Causal),
         (
@@ -212,14 +220,6 @@ fn tracked_attention_runs_the_chunked_backward() {
         let grads = (out * tensor::<Grad, 4>(&w, qs)).sum().backward();
         let got = [qa, ka, va].map(|t| values(t.grad(&grads).expect("a gradient")));
 
-        let x = Inputs {
-            q: &q,
-            k: &k,
-            v: &v,
-            w: &w,
-            qs,
-            ks,
-        };
         let (_, want) = chunked(&x, KeyLayout::default(), &visibility);
         for ((name, g), want) in ["dq", "dk", "dv"].iter().zip(&got).zip(&want) {
             assert_eq!(g, want, "{mode:?}: {name}");

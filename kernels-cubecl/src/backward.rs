@@ -79,7 +79,6 @@ pub fn fused_attention_with_lse<R: CubeRuntime>(
     let (dims, choice) = prepare_call(&q, &[(&k, "k"), (&v, "v")], spec)?;
     refuse_unserved(&q.client, &dims, q.dtype, spec)?;
     debug_assert_eq!(choice, KernelChoice::Mma);
-    let [b, hq, nq, _] = [dims.b, dims.hq, dims.nq, dims.d];
     let out = empty_device_contiguous_dtype::<R>(
         q.client.clone(),
         q.device.clone(),
@@ -89,7 +88,7 @@ pub fn fused_attention_with_lse<R: CubeRuntime>(
     let lse = empty_device_contiguous_dtype::<R>(
         q.client.clone(),
         q.device.clone(),
-        Shape::new([b, hq, nq]),
+        Shape::new([dims.b, dims.hq, dims.nq]),
         DType::F32,
     );
     launch_kernel(
