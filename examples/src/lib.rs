@@ -3,4 +3,5 @@
 pub mod dtype_args;
 pub mod eval_plots;
 pub mod exit;
+pub mod model_args;
 pub mod routing_args;

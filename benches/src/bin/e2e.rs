@@ -15,30 +15,19 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Parser;
 use flux_examples::dtype_args::DTypeArgs;
+use flux_examples::model_args::ModelSourceArgs;
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::generation::argmax;
-use flux_models::{load_as, Model, Routing, TransformerConfig};
+use flux_models::{Model, Routing};
 use flux_router::{ForcedPlan, LayerRouterConfig, RouterSet, RoutingPlan};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Prefill and decode speed of a model on one backend.
 #[derive(Parser, Clone)]
 struct Args {
-    /// Model folder or GGUF file.
-    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
-    model: Option<PathBuf>,
-    /// Instead of --model: a model built from a configuration (a preset, llama-3.1-8b or
-    /// qwen3-8b, or a config.json file) with seeded random weights made on the device (needs
-    /// --random-weights: the speed does not depend on the values, the text does).
-    #[arg(long, requires = "random_weights")]
-    config: Option<String>,
-    /// With --config: random weights (the only kind a configuration has).
-    #[arg(long, requires = "config")]
-    random_weights: bool,
-    /// Seed of --random-weights.
-    #[arg(long, default_value_t = 0)]
-    weights_seed: u64,
+    #[command(flatten)]
+    source: ModelSourceArgs,
     /// Prompt lengths, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "512,4096")]
     prompt_tokens: Vec<usize>,
@@ -225,24 +214,7 @@ impl BackendTask for Args {
 
     fn run<B: FluxBackend>(self, device: B::Device) -> Result<()> {
         let dtype = self.dtype.resolve::<B>(self.backend, &device)?;
-        let (model, name) = match (&self.config, &self.model) {
-            (Some(config), _) => (
-                Model::random(
-                    TransformerConfig::preset_or_file(config)?,
-                    &device,
-                    dtype,
-                    self.weights_seed,
-                )?,
-                format!("{config} (random weights)"),
-            ),
-            (None, Some(path)) => (
-                load_as::<B>(path, &device, dtype)?.model,
-                path.file_name()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            ),
-            (None, None) => bail!("give --model, or --config with --random-weights"),
-        };
+        let (model, name) = self.source.load::<B>(&device, dtype)?;
         let model = &model;
         let name = self.name.clone().unwrap_or(name);
         let mut json_rows = Vec::new();
