@@ -1,4 +1,5 @@
-//! The one error type of flux-models. Every variant names the file, tensor, key or field at fault.
+//! The one error type of flux-models. Every variant names the file, tensor, key or field at fault,
+//! on one line: text that comes from a file is shown through [`printable`].
 
 use std::path::PathBuf;
 
@@ -13,30 +14,30 @@ pub enum ModelError {
         error: std::io::Error,
     },
     /// A JSON file (config.json, tokenizer_config.json, index) is malformed.
-    #[error("{path}: malformed JSON: {message}")]
+    #[error("{path}: malformed JSON: {}", printable(.message))]
     Json { path: PathBuf, message: String },
     /// A required field of a config file is missing or has the wrong type.
-    #[error("{path}: field `{field}`: {message}")]
+    #[error("{path}: field `{}`: {}", printable(.field), printable(.message))]
     ConfigField {
         path: PathBuf,
         field: String,
         message: String,
     },
     /// The `architectures` / `model_type` (or GGUF `general.architecture`) is not supported.
-    #[error("{path}: unsupported architecture `{name}` (supported: {supported})")]
+    #[error("{path}: unsupported architecture `{}` (supported: {supported})", printable(.name))]
     UnknownArchitecture {
         path: PathBuf,
         name: String,
         supported: &'static str,
     },
     /// A safetensors file is truncated or its header is malformed.
-    #[error("{path}: invalid safetensors file: {message}")]
+    #[error("{path}: invalid safetensors file: {}", printable(.message))]
     Safetensors { path: PathBuf, message: String },
     /// A tensor the architecture needs is in none of the weight files.
-    #[error("{path}: missing tensor `{tensor}`")]
+    #[error("{path}: missing tensor `{}`", printable(.tensor))]
     MissingTensor { path: PathBuf, tensor: String },
     /// A tensor exists but has the wrong shape for the configuration.
-    #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
+    #[error("{path}: tensor `{}` has shape {found:?}, expected {expected:?}", printable(.tensor))]
     TensorShape {
         path: PathBuf,
         tensor: String,
@@ -44,24 +45,24 @@ pub enum ModelError {
         found: Vec<usize>,
     },
     /// A tensor is stored in a data type the loader does not read.
-    #[error("{path}: tensor `{tensor}` has unsupported dtype {dtype}")]
+    #[error("{path}: tensor `{}` has unsupported dtype {}", printable(.tensor), printable(.dtype))]
     TensorDtype {
         path: PathBuf,
         tensor: String,
         dtype: String,
     },
     /// A GGUF file is malformed (bad magic, unsupported version, truncated, bad metadata).
-    #[error("{path}: invalid GGUF file: {message}")]
+    #[error("{path}: invalid GGUF file: {}", printable(.message))]
     Gguf { path: PathBuf, message: String },
     /// A GGUF tensor uses a quantisation type this crate cannot dequantise.
-    #[error("{path}: tensor `{tensor}` uses unsupported GGUF type {ggml_type}")]
+    #[error("{path}: tensor `{}` uses unsupported GGUF type {ggml_type}", printable(.tensor))]
     GgufTensorType {
         path: PathBuf,
         tensor: String,
         ggml_type: String,
     },
     /// The tokenizer could not be found, read or built.
-    #[error("{path}: tokenizer: {message}")]
+    #[error("{path}: tokenizer: {}", printable(.message))]
     Tokenizer { path: PathBuf, message: String },
     /// A chat template failed to compile or render.
     #[error("chat template: {message}")]
@@ -70,13 +71,13 @@ pub enum ModelError {
     #[error("invalid argument `{argument}`: {message}")]
     InvalidArgument { argument: String, message: String },
     /// A router training data file (`train.bin.gz`, `manifest.json`) is malformed.
-    #[error("{path}: invalid router data file: {message}")]
+    #[error("{path}: invalid router data file: {}", printable(.message))]
     RouterData { path: PathBuf, message: String },
     /// A corpus the router training data is built from is missing or malformed.
     #[error("{path}: {message}")]
     DataSource { path: PathBuf, message: String },
     /// A line of an evaluation task file is malformed (names the file and the line).
-    #[error("{path}:{line}: {message}")]
+    #[error("{path}:{line}: {}", printable(.message))]
     TaskFile {
         path: PathBuf,
         line: usize,
@@ -88,6 +89,25 @@ pub enum ModelError {
     /// A tensor operation of the backend failed.
     #[error("{0}")]
     Attention(#[from] flux_attention::AttentionError),
+}
+
+/// `text` with its control characters (newlines, tabs, terminal escapes) written as escapes, so
+/// that a name or message taken from a file keeps an error on one line and cannot drive the
+/// terminal. Everything else, quotes included, is left as it is.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Result alias of flux-models.
@@ -108,5 +128,26 @@ impl ModelError {
             path: path.into(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("it's `a` \"b\" é"), "it's `a` \"b\" é");
+        assert_eq!(printable("a\nb\t\u{1b}[2J\r"), "a\\nb\\t\\u{1b}[2J\\r");
+        let e = ModelError::TensorShape {
+            path: "m.safetensors".into(),
+            tensor: "w\n".into(),
+            expected: vec![2],
+            found: vec![3],
+        };
+        assert_eq!(
+            e.to_string(),
+            "m.safetensors: tensor `w\\n` has shape [3], expected [2]"
+        );
     }
 }

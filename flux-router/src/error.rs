@@ -13,17 +13,17 @@ pub enum RouterError {
         error: std::io::Error,
     },
     /// The router file is not a valid flux router safetensors file.
-    #[error("router file {path}: {message}")]
+    #[error("router file {path}: {}", printable(.message))]
     Format { path: PathBuf, message: String },
     /// A tensor of the router file is missing or has the wrong shape.
-    #[error("router file {path}: tensor `{tensor}`: {message}")]
+    #[error("router file {path}: tensor `{}`: {}", printable(.tensor), printable(.message))]
     Tensor {
         path: PathBuf,
         tensor: String,
         message: String,
     },
     /// The router file was trained for another model or setting.
-    #[error("router file {path} does not fit this model: `{field}` is {file} in the file, {model} for the model")]
+    #[error("router file {path} does not fit this model: `{field}` is {} in the file, {model} for the model", printable(.file))]
     Mismatch {
         path: PathBuf,
         field: &'static str,
@@ -36,6 +36,24 @@ pub enum RouterError {
         argument: &'static str,
         message: String,
     },
+}
+
+/// `text` with its control characters (newlines, tabs, terminal escapes) written as escapes, so
+/// that a value taken from a file keeps an error on one line.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Result of flux-router.
