@@ -90,20 +90,33 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
             message: "missing or not an object".into(),
         })?;
     let dir = index.parent().unwrap_or(Path::new("."));
-    let mut shards: Vec<PathBuf> = Vec::new();
+    // A set: a linear search per entry is quadratic in the size of the index.
+    let mut shards = std::collections::BTreeSet::new();
     for (tensor, file) in map {
         let file = file.as_str().ok_or_else(|| ModelError::ConfigField {
             path: index.to_path_buf(),
             field: format!("weight_map.{tensor}"),
             message: "not a file name".into(),
         })?;
-        let shard = dir.join(file);
-        if !shards.contains(&shard) {
-            shards.push(shard);
+        // Shards are files of the index's own folder: an absolute path or one with `..` (or any
+        // separator) would read files elsewhere (`/dev/zero`, another model's weights).
+        let plain = Path::new(file)
+            .components()
+            .map(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect::<Vec<_>>()
+            == [true];
+        if !plain || file.contains(['/', '\\']) {
+            return Err(ModelError::ConfigField {
+                path: index.to_path_buf(),
+                field: format!("weight_map.{tensor}"),
+                message: format!(
+                    "`{file}` is not a file name in the index's folder (no path separators or `..`)"
+                ),
+            });
         }
+        shards.insert(dir.join(file));
     }
-    shards.sort();
-    Ok(shards)
+    Ok(shards.into_iter().collect())
 }
 
 impl TensorSource for SafetensorsWeights {
@@ -158,5 +171,59 @@ impl TensorSource for SafetensorsWeights {
             shape: view.shape().to_vec(),
             data,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder holding only `model.safetensors.index.json` with `index`.
+    fn folder_with_index(tag: &str, index: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("flux-st-index-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();
+        dir
+    }
+
+    // Found while fuzzing (fuzz/, target `safetensors_index`): shard names were joined to the
+    // folder as they were, so an index could make flux map `/dev/zero` or another folder's file.
+    #[test]
+    fn shard_names_outside_the_folder_are_refused() {
+        for (tag, name) in [
+            ("abs", "/dev/zero"),
+            ("up", "../model.safetensors"),
+            ("sub", "sub/model.safetensors"),
+            ("dot", "."),
+            ("empty", ""),
+        ] {
+            let index = serde_json::json!({"weight_map": {"lm_head.weight": name}}).to_string();
+            let dir = folder_with_index(tag, &index);
+            let err = SafetensorsWeights::open(&dir)
+                .err()
+                .expect(name)
+                .to_string();
+            assert!(
+                err.contains("field `weight_map.lm_head.weight`")
+                    && err.contains(&format!(
+                        "`{name}` is not a file name in the index's folder"
+                    )),
+                "{err}"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn shards_are_listed_once_each_in_order() {
+        let index = r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-2.safetensors"}}"#;
+        let dir = folder_with_index("order", index);
+        let shards = shards_from_index(&dir.join("model.safetensors.index.json")).unwrap();
+        assert_eq!(
+            shards,
+            [dir.join("m-1.safetensors"), dir.join("m-2.safetensors")]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
