@@ -141,6 +141,11 @@ impl<B: Backend> RouterSet<B> {
         meta_of(&bytes, path)
     }
 
+    /// [`RouterSet::read_meta`] of a router file held in memory; `path` only names the file.
+    pub fn meta_from_bytes(bytes: &[u8], path: &Path) -> Result<RouterMeta> {
+        meta_of(bytes, path)
+    }
+
     /// Loads the routers of `path` for a model described by `expected` (its architecture, layer
     /// count, heads and head_dim must match; the error names the first field that differs).
     /// Returns the routers and the file's metadata (pool size and sparse mode come from it).
@@ -149,8 +154,18 @@ impl<B: Backend> RouterSet<B> {
         expected: &RouterMeta,
         device: &B::Device,
     ) -> Result<(Self, RouterMeta)> {
-        let bytes = read(path)?;
-        let meta = meta_of(&bytes, path)?;
+        Self::from_bytes(&read(path)?, path, expected, device)
+    }
+
+    /// [`RouterSet::load`] of a router file held in memory; `path` only names the file in
+    /// messages. (The fuzz targets under `fuzz/` read router files this way.)
+    pub fn from_bytes(
+        bytes: &[u8],
+        path: &Path,
+        expected: &RouterMeta,
+        device: &B::Device,
+    ) -> Result<(Self, RouterMeta)> {
+        let meta = meta_of(bytes, path)?;
         let mismatch = |field: &'static str, file: String, model: String| {
             Err(RouterError::Mismatch {
                 path: path.to_path_buf(),
@@ -175,7 +190,20 @@ impl<B: Backend> RouterSet<B> {
                 return mismatch(field, file.to_string(), model.to_string());
             }
         }
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| RouterError::Format {
+        // Values the routers use later, checked here so that the error names the file.
+        let bad_meta = |message: String| RouterError::Format {
+            path: path.to_path_buf(),
+            message: format!("metadata `{META_KEY}`: {message}"),
+        };
+        if meta.pool_tokens == 0 {
+            return Err(bad_meta(
+                "`pool_tokens` is 0; routers pool at least one token at each end".into(),
+            ));
+        }
+        meta.sparse_mode
+            .validate()
+            .map_err(|e| bad_meta(format!("`sparse_mode`: {e}")))?;
+        let file = SafeTensors::deserialize(bytes).map_err(|e| RouterError::Format {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -299,4 +327,69 @@ fn tensor_of(file: &SafeTensors<'_>, path: &Path, name: &str, shape: &[usize]) -
             .collect(),
         other => return Err(err(format!("dtype {other:?}, expected F32, BF16 or F16"))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    fn model() -> RouterMeta {
+        RouterMeta {
+            architecture: "LlamaForCausalLM".into(),
+            num_layers: 1,
+            num_heads: 2,
+            head_dim: 4,
+            pool_tokens: 2,
+            sparse_mode: AttentionMode::default(),
+        }
+    }
+
+    /// A router file with `meta` as its metadata and no tensors.
+    fn file_with_meta(meta: &str) -> Vec<u8> {
+        let metadata = HashMap::from([(META_KEY.to_string(), meta.to_string())]);
+        safetensors::serialize(Vec::<(String, TensorView<'_>)>::new(), Some(metadata)).unwrap()
+    }
+
+    fn load_error(bytes: &[u8]) -> String {
+        RouterSet::<NdArray>::from_bytes(
+            bytes,
+            Path::new("r.safetensors"),
+            &model(),
+            &Default::default(),
+        )
+        .err()
+        .expect("refused")
+        .to_string()
+    }
+
+    // Found while fuzzing (fuzz/, target `router`): a file's pool size of 0 or an invalid sparse
+    // mode was accepted and failed later, in the forward pass, with an error not naming the file.
+    #[test]
+    fn pool_size_and_sparse_mode_are_checked_at_load() {
+        let mut meta = serde_json::to_value(model()).unwrap();
+        meta["pool_tokens"] = 0.into();
+        assert_eq!(
+            load_error(&file_with_meta(&meta.to_string())),
+            "router file r.safetensors: metadata `flux_router`: `pool_tokens` is 0; routers pool at least one token at each end"
+        );
+        let mut meta = serde_json::to_value(model()).unwrap();
+        meta["sparse_mode"] = serde_json::json!({"kind": "streaming", "sink": 4, "window": 0});
+        let err = load_error(&file_with_meta(&meta.to_string()));
+        assert!(
+            err.starts_with("router file r.safetensors: metadata `flux_router`: `sparse_mode`: ")
+                && err.contains("window"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn architecture_from_the_file_is_shown_on_one_line() {
+        let mut meta = serde_json::to_value(model()).unwrap();
+        meta["architecture"] = "Llama\nForCausalLM".into();
+        assert_eq!(
+            load_error(&file_with_meta(&meta.to_string())),
+            "router file r.safetensors does not fit this model: `architecture` is Llama\\nForCausalLM in the file, LlamaForCausalLM for the model"
+        );
+    }
 }
