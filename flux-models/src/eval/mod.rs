@@ -14,4 +14,4 @@ pub use run::{
 };
 pub use score::{last_number, score, Scoring};
 pub use suites::{make_suite, Haystack, Suite, SuiteConfig};
-pub use task::{read_tasks, write_tasks, EvalTask, MalformedLines, TaskFile};
+pub use task::{read_tasks, read_tasks_from, write_tasks, EvalTask, MalformedLines, TaskFile};

@@ -125,13 +125,23 @@ pub fn read_tasks(path: &Path, malformed: MalformedLines) -> Result<TaskFile> {
         });
     }
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    read_tasks_from(BufReader::new(file), path, malformed)
+}
+
+/// [`read_tasks`] of task lines from any reader; `path` only names the file in messages. (The
+/// fuzz targets under `fuzz/` read task files this way.)
+pub fn read_tasks_from(
+    reader: impl BufRead,
+    path: &Path,
+    malformed: MalformedLines,
+) -> Result<TaskFile> {
     let mut out = TaskFile {
         path: path.to_path_buf(),
         tasks: Vec::new(),
         skipped: Vec::new(),
     };
     let mut ids = HashSet::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
+    for (index, line) in reader.lines().enumerate() {
         let number = index + 1;
         let line = line.map_err(|e| ModelError::TaskFile {
             path: path.to_path_buf(),
@@ -157,7 +167,9 @@ pub fn read_tasks(path: &Path, malformed: MalformedLines) -> Result<TaskFile> {
                     message,
                 })
             }
-            (Err(message), MalformedLines::Skip) => out.skipped.push((number, message)),
+            (Err(message), MalformedLines::Skip) => out
+                .skipped
+                .push((number, crate::error::printable(&message).into_owned())),
         }
     }
     if out.tasks.is_empty() {
@@ -201,6 +213,30 @@ mod tests {
             chat: true,
             scoring: Scoring::MatchAll,
         }
+    }
+
+    // Found by fuzzing (fuzz/, target `task_file`): serde_json names an unknown field as it is,
+    // so a field name with a newline (`"questi\n"` in the JSON) made a two-line error.
+    #[test]
+    fn malformed_lines_are_one_line_errors_even_with_control_characters() {
+        let line = r#"{"id": "a", "questi\n\u001b[2J": 1}"#;
+        let err = read_tasks_from(
+            line.as_bytes(),
+            Path::new("t.jsonl"),
+            MalformedLines::Reject,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("t.jsonl:1: not a task: unknown field `questi\\n\\u{1b}[2J`"),
+            "{err}"
+        );
+        let text = format!("{line}\n{}\n", serde_json::to_string(&task("b")).unwrap());
+        let file =
+            read_tasks_from(text.as_bytes(), Path::new("t.jsonl"), MalformedLines::Skip).unwrap();
+        assert_eq!(file.tasks.len(), 1);
+        assert_eq!(file.skipped.len(), 1);
+        assert!(!file.skipped[0].1.contains('\n'), "{:?}", file.skipped);
     }
 
     fn temp(name: &str, text: &str) -> PathBuf {

@@ -336,10 +336,27 @@ impl GgufTensorInfo {
     }
 }
 
+/// The bytes of a GGUF file: memory-mapped from disk, or given in memory ([`GgufFile::from_bytes`]).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// A memory-mapped GGUF file with its parsed metadata and tensor table.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Bytes,
     version: u32,
     alignment: u64,
     metadata: BTreeMap<String, GgufValue>,
@@ -366,6 +383,16 @@ impl GgufFile {
         // SAFETY: the map is read-only; like every loader of model files we assume the file is not
         // truncated by another process while mapped.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        Self::from_parts(path, Bytes::Mapped(mmap))
+    }
+
+    /// Parses a GGUF file held in memory, with the same checks as [`GgufFile::open`]; `path`
+    /// only names the file in messages. (The fuzz targets under `fuzz/` read files this way.)
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<GgufFile> {
+        Self::from_parts(path, Bytes::Owned(bytes))
+    }
+
+    fn from_parts(path: &Path, mmap: Bytes) -> Result<GgufFile> {
         let parsed = parse(path, &mmap)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
@@ -822,5 +849,46 @@ fn check_tensor(
             nbytes.map_or("too many".to_string(), |b| b.to_string()),
             t.offset
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start of a GGUF v3 file with one metadata key of value type `t` and no tensors.
+    fn header_with_key(key: &[u8], t: u32) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes()); // tensors
+        b.extend(1u64.to_le_bytes()); // metadata entries
+        b.extend((key.len() as u64).to_le_bytes());
+        b.extend(key);
+        b.extend(t.to_le_bytes());
+        b.extend([0u8; 8]);
+        b
+    }
+
+    // Found by fuzzing (fuzz/, target `gguf`): a key with a newline made a two-line error.
+    #[test]
+    fn names_from_the_file_keep_the_error_on_one_line() {
+        let bytes = header_with_key(b"llama.e\n\x1b[31m", 131072);
+        let err = GgufFile::from_bytes(Path::new("m.gguf"), bytes)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "m.gguf: invalid GGUF file: metadata key `llama.e\\n\\u{1b}[31m` has unknown value type 131072"
+        );
+    }
+
+    #[test]
+    fn from_bytes_reads_what_open_reads() {
+        let mut bytes = header_with_key(b"general.alignment", T_U32);
+        bytes.truncate(bytes.len() - 8);
+        bytes.extend(64u32.to_le_bytes());
+        let f = GgufFile::from_bytes(Path::new("m.gguf"), bytes).unwrap();
+        assert_eq!((f.version(), f.alignment(), f.tensors().len()), (3, 64, 0));
+        assert_eq!(f.path(), Path::new("m.gguf"));
     }
 }

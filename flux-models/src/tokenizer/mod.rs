@@ -13,6 +13,25 @@ mod pre_tokenizer;
 mod stream;
 
 pub use chat_template::ChatMessage;
+
+/// Renders a Jinja chat `template` for `messages` as [`Tokenizer::apply_chat_template`] does,
+/// with the given BOS / EOS texts; for templates that come without a tokenizer (and the fuzz
+/// targets under `fuzz/`).
+pub fn render_chat_template(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
+    chat_template::render(
+        template,
+        messages,
+        add_generation_prompt,
+        bos_token,
+        eos_token,
+    )
+}
 pub use stream::StreamDecoder;
 
 use std::path::{Path, PathBuf};
