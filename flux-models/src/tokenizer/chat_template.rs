@@ -28,6 +28,38 @@ impl ChatMessage {
     }
 }
 
+/// Template instructions a render may run: a fixed budget plus some per message. Real templates
+/// take a few hundred per message; minijinja caps one `range` at 100000 items but not loops in
+/// loops, so a template from a file could otherwise run for hours.
+const FUEL_BASE: u64 = 5_000_000;
+const FUEL_PER_MESSAGE: u64 = 50_000;
+
+/// Bytes a render may write: a fixed budget plus 8 per byte of the messages (a template repeats
+/// each message a few times at most); `'x' * 99999999` in a loop would otherwise fill memory.
+const OUTPUT_BASE: usize = 64 << 20;
+
+/// A `Vec` that refuses to grow past `limit` bytes.
+struct Capped {
+    out: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Renders `template` for `messages`.
 pub(super) fn render(
     template: &str,
@@ -36,7 +68,9 @@ pub(super) fn render(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String> {
+    let fuel = FUEL_BASE + FUEL_PER_MESSAGE * messages.len() as u64;
     let mut env = Environment::new();
+    env.set_fuel(Some(fuel));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -50,12 +84,21 @@ pub(super) fn render(
         strftime(&format, now_utc())
     });
     env.add_filter("tojson", tojson);
+    let limit = OUTPUT_BASE
+        + 8 * messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len())
+            .sum::<usize>();
     let to_err = |e: Error| {
         // raise_exception's message alone; other errors with their location in the template.
         let message = match e.kind() {
             ErrorKind::InvalidOperation if e.detail().is_some() => {
                 e.detail().unwrap_or_default().to_string()
             }
+            ErrorKind::OutOfFuel => format!(
+                "the template runs more than {fuel} instructions for {} messages (a loop without bound?)",
+                messages.len()
+            ),
             _ => format!("{e:#}"),
         };
         ModelError::ChatTemplate { message }
@@ -63,14 +106,33 @@ pub(super) fn render(
     env.add_template("chat_template", template)
         .map_err(to_err)?;
     let tmpl = env.get_template("chat_template").map_err(to_err)?;
-    tmpl.render(minijinja::context! {
-        messages => Value::from_serialize(messages),
-        add_generation_prompt => add_generation_prompt,
-        bos_token => bos_token,
-        eos_token => eos_token,
-        tools => Value::from(()),
+    let mut out = Capped {
+        out: Vec::new(),
+        limit,
+        exceeded: false,
+    };
+    let rendered = tmpl.render_captured_to(
+        minijinja::context! {
+            messages => Value::from_serialize(messages),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => bos_token,
+            eos_token => eos_token,
+            tools => Value::from(()),
+        },
+        &mut out,
+    );
+    if out.exceeded {
+        return Err(ModelError::ChatTemplate {
+            message: format!(
+                "the template writes more than {limit} bytes for {} messages (a loop without bound?)",
+                messages.len()
+            ),
+        });
+    }
+    rendered.map_err(to_err)?;
+    String::from_utf8(out.out).map_err(|e| ModelError::ChatTemplate {
+        message: format!("the output is not UTF-8: {e}"),
     })
-    .map_err(to_err)
 }
 
 /// `json.dumps(value, ensure_ascii=False, indent=indent, sort_keys=...)`, as transformers' own
@@ -330,6 +392,27 @@ mod tests {
 
     fn strftime_now_len() -> usize {
         strftime("%d %b %Y", now_utc()).len()
+    }
+
+    // Found by review while fuzzing (fuzz/, target `chat_template`): minijinja caps one `range`
+    // at 100000 items but not loops in loops, nor the output of a loop.
+    #[test]
+    fn templates_without_bound_stop_with_an_error() {
+        let nested =
+            "{% for a in range(99999) %}{% for b in range(99999) %}{% endfor %}{% endfor %}";
+        let err = render(nested, &msgs(), false, "", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("instructions for 2 messages (a loop without bound?)"),
+            "{err}"
+        );
+        let big = "{% for a in range(99999) %}{{ 'x' * 9999999 }}{% endfor %}";
+        let err = render(big, &msgs(), false, "", "").unwrap_err().to_string();
+        assert!(
+            err.contains("bytes for 2 messages (a loop without bound?)"),
+            "{err}"
+        );
     }
 
     #[test]
