@@ -93,8 +93,11 @@ impl GgufWeights {
 /// llama.cpp stores the rows of each head of Q and K of llama-arch models interleaved
 /// (`reshape(heads, 2, d/2).swap(1, 2)`) for its RoPE layout; HF expects the halves split.
 fn unpermute_rows(t: &mut HostTensor, heads: usize) {
-    let rows = t.shape[0];
-    let cols: usize = t.shape[1..].iter().product();
+    // A scalar has no rows to permute (found by fuzzing: `t.shape[0]` panicked on one).
+    let Some((&rows, rest)) = t.shape.split_first() else {
+        return;
+    };
+    let cols: usize = rest.iter().product();
     if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return; // shape is checked against the config by the model loader
     }
@@ -267,6 +270,74 @@ mod tests {
         }
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
         assert_eq!(gguf_name("model.layers.1.unknown"), None);
+    }
+
+    /// A GGUF v3 file of a 1-layer llama (hidden 8, 2 heads) with `token_embd.weight` [4, 8]
+    /// and `blk.0.attn_q.weight` of GGUF dims `q_dims`, both F32.
+    fn llama_gguf(q_dims: &[u64]) -> Vec<u8> {
+        fn s(b: &mut Vec<u8>, text: &str) {
+            b.extend((text.len() as u64).to_le_bytes());
+            b.extend(text.as_bytes());
+        }
+        let kv_u32 = [
+            ("llama.embedding_length", 8u32),
+            ("llama.attention.head_count", 2),
+            ("llama.feed_forward_length", 8),
+            ("llama.block_count", 1),
+            ("llama.context_length", 16),
+        ];
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(2u64.to_le_bytes());
+        b.extend((kv_u32.len() as u64 + 2).to_le_bytes());
+        s(&mut b, "general.architecture");
+        b.extend(8u32.to_le_bytes());
+        s(&mut b, "llama");
+        s(&mut b, "llama.attention.layer_norm_rms_epsilon");
+        b.extend(6u32.to_le_bytes());
+        b.extend(1e-5f32.to_le_bytes());
+        for (k, v) in kv_u32 {
+            s(&mut b, k);
+            b.extend(4u32.to_le_bytes());
+            b.extend(v.to_le_bytes());
+        }
+        let q_elems: u64 = q_dims.iter().product();
+        for (name, dims, offset) in [
+            ("token_embd.weight", &[8u64, 4][..], 0u64),
+            ("blk.0.attn_q.weight", q_dims, 128),
+        ] {
+            s(&mut b, name);
+            b.extend((dims.len() as u32).to_le_bytes());
+            dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
+            b.extend(0u32.to_le_bytes()); // F32
+            b.extend(offset.to_le_bytes());
+        }
+        b.resize(b.len().next_multiple_of(32), 0);
+        b.extend((0..32).flat_map(|i| (i as f32).to_le_bytes()));
+        b.extend((0..q_elems).flat_map(|i| (i as f32).to_le_bytes()));
+        b
+    }
+
+    // Found by fuzzing (fuzz/, target `gguf`): a scalar (0-dimension) attn_q tensor of a llama
+    // file made the Q/K row permutation index `shape[0]` and panic.
+    #[test]
+    fn a_scalar_q_projection_is_read_not_a_panic() {
+        let file = GgufFile::from_bytes(Path::new("m.gguf"), llama_gguf(&[])).unwrap();
+        let w = GgufWeights::from_file(file).unwrap();
+        let t = w
+            .read("model.layers.0.self_attn.q_proj.weight")
+            .unwrap()
+            .unwrap();
+        assert_eq!((t.shape, t.data), (vec![], vec![0.0]));
+        // The regular case still permutes: [8, 8] in, rows of head 0 reordered.
+        let file = GgufFile::from_bytes(Path::new("m.gguf"), llama_gguf(&[8, 8])).unwrap();
+        let w = GgufWeights::from_file(file).unwrap();
+        let t = w
+            .read("model.layers.0.self_attn.q_proj.weight")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.shape, [8, 8]);
+        assert_eq!(t.data[8..10], [16.0, 17.0]); // HF row 1 = GGUF row 2
     }
 
     #[test]
