@@ -8,36 +8,36 @@ use std::path::PathBuf;
 pub enum ModelError {
     /// A file could not be opened or read. The I/O error is part of the message, not a
     /// separate cause, so that a chain printed with `{:#}` says it once.
-    #[error("{path}: {error}")]
+    #[error("{}: {error}", shown(.path))]
     Io {
         path: PathBuf,
         error: std::io::Error,
     },
     /// A JSON file (config.json, tokenizer_config.json, index) is malformed.
-    #[error("{path}: malformed JSON: {}", printable(.message))]
+    #[error("{}: malformed JSON: {}", shown(.path), printable(.message))]
     Json { path: PathBuf, message: String },
     /// A required field of a config file is missing or has the wrong type.
-    #[error("{path}: field `{}`: {}", printable(.field), printable(.message))]
+    #[error("{}: field `{}`: {}", shown(.path), printable(.field), printable(.message))]
     ConfigField {
         path: PathBuf,
         field: String,
         message: String,
     },
     /// The `architectures` / `model_type` (or GGUF `general.architecture`) is not supported.
-    #[error("{path}: unsupported architecture `{}` (supported: {supported})", printable(.name))]
+    #[error("{}: unsupported architecture `{}` (supported: {supported})", shown(.path), printable(.name))]
     UnknownArchitecture {
         path: PathBuf,
         name: String,
         supported: &'static str,
     },
     /// A safetensors file is truncated or its header is malformed.
-    #[error("{path}: invalid safetensors file: {}", printable(.message))]
+    #[error("{}: invalid safetensors file: {}", shown(.path), printable(.message))]
     Safetensors { path: PathBuf, message: String },
     /// A tensor the architecture needs is in none of the weight files.
-    #[error("{path}: missing tensor `{}`", printable(.tensor))]
+    #[error("{}: missing tensor `{}`", shown(.path), printable(.tensor))]
     MissingTensor { path: PathBuf, tensor: String },
     /// A tensor exists but has the wrong shape for the configuration.
-    #[error("{path}: tensor `{}` has shape {found:?}, expected {expected:?}", printable(.tensor))]
+    #[error("{}: tensor `{}` has shape {found:?}, expected {expected:?}", shown(.path), printable(.tensor))]
     TensorShape {
         path: PathBuf,
         tensor: String,
@@ -45,46 +45,46 @@ pub enum ModelError {
         found: Vec<usize>,
     },
     /// A tensor is stored in a data type the loader does not read.
-    #[error("{path}: tensor `{}` has unsupported dtype {}", printable(.tensor), printable(.dtype))]
+    #[error("{}: tensor `{}` has unsupported dtype {}", shown(.path), printable(.tensor), printable(.dtype))]
     TensorDtype {
         path: PathBuf,
         tensor: String,
         dtype: String,
     },
     /// A GGUF file is malformed (bad magic, unsupported version, truncated, bad metadata).
-    #[error("{path}: invalid GGUF file: {}", printable(.message))]
+    #[error("{}: invalid GGUF file: {}", shown(.path), printable(.message))]
     Gguf { path: PathBuf, message: String },
     /// A GGUF tensor uses a quantisation type this crate cannot dequantise.
-    #[error("{path}: tensor `{}` uses unsupported GGUF type {ggml_type}", printable(.tensor))]
+    #[error("{}: tensor `{}` uses unsupported GGUF type {ggml_type}", shown(.path), printable(.tensor))]
     GgufTensorType {
         path: PathBuf,
         tensor: String,
         ggml_type: String,
     },
     /// The tokenizer could not be found, read or built.
-    #[error("{path}: tokenizer: {}", printable(.message))]
+    #[error("{}: tokenizer: {}", shown(.path), printable(.message))]
     Tokenizer { path: PathBuf, message: String },
     /// A chat template failed to compile or render.
-    #[error("chat template: {message}")]
+    #[error("chat template: {}", printable(.message))]
     ChatTemplate { message: String },
     /// An argument given to the library is out of range (names the argument).
     #[error("invalid argument `{argument}`: {message}")]
     InvalidArgument { argument: String, message: String },
     /// A router training data file (`train.bin.gz`, `manifest.json`) is malformed.
-    #[error("{path}: invalid router data file: {}", printable(.message))]
+    #[error("{}: invalid router data file: {}", shown(.path), printable(.message))]
     RouterData { path: PathBuf, message: String },
     /// A corpus the router training data is built from is missing or malformed.
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", shown(.path))]
     DataSource { path: PathBuf, message: String },
     /// A line of an evaluation task file is malformed (names the file and the line).
-    #[error("{path}:{line}: {}", printable(.message))]
+    #[error("{}:{line}: {}", shown(.path), printable(.message))]
     TaskFile {
         path: PathBuf,
         line: usize,
         message: String,
     },
     /// Router training cannot start or continue (names the run directory, file or argument).
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", shown(.path))]
     Training { path: PathBuf, message: String },
     /// A tensor operation of the backend failed.
     #[error("{0}")]
@@ -108,6 +108,11 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         })
         .collect::<String>()
         .into()
+}
+
+/// A path through [`printable`]: shard names come from index files.
+fn shown(path: &std::path::Path) -> String {
+    printable(&path.display().to_string()).into_owned()
 }
 
 /// Result alias of flux-models.
