@@ -38,6 +38,45 @@ const FUEL_PER_MESSAGE: u64 = 50_000;
 /// each message a few times at most); `'x' * 99999999` in a loop would otherwise fill memory.
 const OUTPUT_BASE: usize = 64 << 20;
 
+/// Values nested deeper than this, or with more parts than [`MAX_VALUE_PARTS`], are refused
+/// when written out (`{{ }}`, `tojson`): a namespace assigned into itself (`{% set ns.n = ns %}`)
+/// is a cycle that minijinja's printing follows until the stack overflows.
+const MAX_VALUE_DEPTH: usize = 64;
+const MAX_VALUE_PARTS: usize = 1_000_000;
+
+/// Checks that `value` is not nested deeper than [`MAX_VALUE_DEPTH`] (which a cycle is), visiting
+/// at most `budget` parts.
+fn check_nesting(
+    value: &Value,
+    depth: usize,
+    budget: &mut usize,
+) -> std::result::Result<(), Error> {
+    use minijinja::value::ValueKind;
+    let kind = value.kind();
+    if !matches!(kind, ValueKind::Seq | ValueKind::Map) {
+        return Ok(());
+    }
+    let refuse = |what: String| Err(Error::new(ErrorKind::InvalidOperation, what));
+    if depth >= MAX_VALUE_DEPTH {
+        return refuse(format!(
+            "a value nested more than {MAX_VALUE_DEPTH} levels deep (a namespace that holds itself?)"
+        ));
+    }
+    for item in value.try_iter()? {
+        if *budget == 0 {
+            return refuse(format!("a value of more than {MAX_VALUE_PARTS} parts"));
+        }
+        *budget -= 1;
+        let item = if kind == ValueKind::Map {
+            value.get_item(&item)?
+        } else {
+            item
+        };
+        check_nesting(&item, depth + 1, budget)?;
+    }
+    Ok(())
+}
+
 /// A `Vec` that refuses to grow past `limit` bytes.
 struct Capped {
     out: Vec<u8>,
@@ -84,13 +123,17 @@ pub(super) fn render(
         strftime(&format, now_utc())
     });
     env.add_filter("tojson", tojson);
+    env.set_formatter(|out, state, value| {
+        check_nesting(value, 0, &mut MAX_VALUE_PARTS.clone())?;
+        minijinja::escape_formatter(out, state, value)
+    });
     let limit = OUTPUT_BASE
         + 8 * messages
             .iter()
             .map(|m| m.role.len() + m.content.len())
             .sum::<usize>();
     let to_err = |e: Error| {
-        // raise_exception's message alone; other errors with their location in the template.
+        // raise_exception's message alone; other errors with their line in the template.
         let message = match e.kind() {
             ErrorKind::InvalidOperation if e.detail().is_some() => {
                 e.detail().unwrap_or_default().to_string()
@@ -99,7 +142,9 @@ pub(super) fn render(
                 "the template runs more than {fuel} instructions for {} messages (a loop without bound?)",
                 messages.len()
             ),
-            _ => format!("{e:#}"),
+            // The one-line form, with the template line: minijinja's `{e:#}` adds a source
+            // excerpt whose drawing panics (usize underflow) on some spans (found by fuzzing).
+            _ => e.to_string(),
         };
         ModelError::ChatTemplate { message }
     };
@@ -146,6 +191,7 @@ fn tojson(
         Some(n) => Some(n),
         None => kwargs.get::<Option<usize>>("indent")?,
     };
+    check_nesting(value, 0, &mut MAX_VALUE_PARTS.clone())?;
     let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
     kwargs.assert_all_used()?;
     let fail =
@@ -413,6 +459,48 @@ mod tests {
             err.contains("bytes for 2 messages (a loop without bound?)"),
             "{err}"
         );
+    }
+
+    // Found by fuzzing (fuzz/, target `chat_template`): `{e:#}` of this error drew a source
+    // excerpt with `end_col - start_col` < 0 (a panic with overflow checks, a huge `repeat`
+    // without). Errors are now minijinja's one-line form.
+    #[test]
+    fn template_errors_are_one_line_and_never_panic() {
+        let t =
+            "{% for in messages %}{{ message['role'] }}\n{{ message['con\x7fant'] }}{% endfor %}";
+        let err = render(t, &msgs(), false, "", "").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "chat template: cannot unpack: sequence of wrong length (expected 0, got 2) (in chat_template:1)"
+        );
+    }
+
+    // Found by fuzzing (fuzz/, target `chat_template`): a namespace assigned into itself is a
+    // cycle; writing it out recursed until the stack overflowed (an abort, not an error).
+    #[test]
+    fn a_namespace_that_holds_itself_is_an_error_not_a_stack_overflow() {
+        for t in [
+            "{% set ns = namespace(n=0) %}{% set ns.n = ns %}{{ ns.n }}",
+            "{% set ns = namespace(n=0) %}{% set ns.n = [ns, ns] %}{{ ns }}",
+            "{% set ns = namespace(n=0) %}{% set ns.n = ns %}{{ ns | tojson }}",
+        ] {
+            let err = render(t, &msgs(), false, "", "").unwrap_err().to_string();
+            assert!(
+                err.contains("more than 64 levels deep (a namespace that holds itself?)")
+                    || err.contains("a value of more than 1000000 parts"),
+                "{t}: {err}"
+            );
+        }
+        // Ordinary nesting is written as before.
+        let ok = render(
+            "{{ [[1, [2]], {'a': [3]}] | tojson }}",
+            &msgs(),
+            false,
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(ok, r#"[[1, [2]], {"a": [3]}]"#);
     }
 
     #[test]
