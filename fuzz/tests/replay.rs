@@ -4,8 +4,11 @@
 //!
 //! A finding (a panic, a call slower than [`SLOW`], or an allocation beyond [`alloc_limit`]) fails
 //! the test, names the target and writes the input to `target/flux-fuzz-findings/` for a
-//! regression test. `FLUX_FUZZ_SECONDS` sets the mutation time per target (default 10 s; 0 runs
-//! the corpus only); `FLUX_FUZZ_SEED` the seed (default: fixed, so CI runs are repeatable).
+//! regression test (`FLUX_FUZZ_INPUT=<target>=<file>` reruns it alone, with its backtrace).
+//! `FLUX_FUZZ_SECONDS` sets the mutation time per target (default 10 s; 0 runs
+//! the corpus only); `FLUX_FUZZ_SEED` the seed (default: fixed, so CI runs are repeatable);
+//! `FLUX_FUZZ_TARGETS=a,b` runs only those targets; `FLUX_FUZZ_TRACE=1` writes each input to
+//! `target/flux-fuzz-findings/<target>-last` before running it (for aborts).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -75,6 +78,11 @@ fn findings_dir() -> PathBuf {
 
 /// Runs one input; on a finding saves it and returns the description.
 fn run_one(name: &str, f: fn(&[u8]), data: &[u8], origin: &str) -> Result<(), String> {
+    if std::env::var_os("FLUX_FUZZ_TRACE").is_some() {
+        // Before the call: an abort (stack overflow) leaves the input behind.
+        let _ = std::fs::create_dir_all(findings_dir());
+        let _ = std::fs::write(findings_dir().join(format!("{name}-last")), data);
+    }
     let base = LIVE.load(Relaxed);
     PEAK.store(base, Relaxed);
     let start = Instant::now();
@@ -226,8 +234,28 @@ fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
     d
 }
 
+/// `FLUX_FUZZ_INPUT=<target>=<file>` runs that one input, outside `catch_unwind`, so that a
+/// finding shows its backtrace.
+#[test]
+fn one_input_given_in_the_environment() {
+    let Ok(spec) = std::env::var("FLUX_FUZZ_INPUT") else {
+        return;
+    };
+    let (name, file) = spec
+        .split_once('=')
+        .expect("FLUX_FUZZ_INPUT is <target>=<file>");
+    let &(_, f) = flux_fuzz::TARGETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no target `{name}`"));
+    f(&std::fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}")));
+}
+
 #[test]
 fn corpus_and_mutations_of_every_target() {
+    if std::env::var("FLUX_FUZZ_INPUT").is_ok() {
+        return;
+    }
     let seconds: u64 = std::env::var("FLUX_FUZZ_SECONDS")
         .ok()
         .map(|s| s.parse().expect("FLUX_FUZZ_SECONDS is a number of seconds"))
@@ -237,7 +265,11 @@ fn corpus_and_mutations_of_every_target() {
         .map(|s| s.parse().expect("FLUX_FUZZ_SEED is an integer"))
         .unwrap_or(14);
     let mut findings = Vec::new();
+    let only = std::env::var("FLUX_FUZZ_TARGETS").ok();
     for &(name, f) in flux_fuzz::TARGETS {
+        if only.as_ref().is_some_and(|o| !o.split(',').any(|t| t == name)) {
+            continue;
+        }
         let dir = corpus_dir(name);
         let mut corpus: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
