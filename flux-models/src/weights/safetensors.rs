@@ -215,6 +215,21 @@ mod tests {
         }
     }
 
+    // Found by fuzzing (fuzz/, target `safetensors_index`): a shard name with a newline made the
+    // error for the missing shard two lines long.
+    #[test]
+    fn a_missing_shard_with_a_newline_in_its_name_is_a_one_line_error() {
+        let index = r#"{"weight_map": {"w": "model-1.safet\nsors"}}"#;
+        let dir = folder_with_index("newline", index);
+        let err = SafetensorsWeights::open(&dir).err().unwrap().to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(
+            err.ends_with("model-1.safet\\nsors: No such file or directory (os error 2)"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn shards_are_listed_once_each_in_order() {
         let index = r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-2.safetensors"}}"#;
