@@ -21,8 +21,11 @@ use flux_models::weights::{config_from_gguf, GgufWeights, SafetensorsWeights, Te
 use flux_models::{RopeScaling, Tokenizer, TransformerConfig};
 use flux_router::{RouterMeta, RouterSet};
 
-/// Every target, by name (the names of `fuzz_targets/*.rs` and of `corpus/*`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A target: its name (of `fuzz_targets/<name>.rs` and `corpus/<name>/`) and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: &[Target] = &[
     ("gguf", gguf),
     ("dequant", dequant),
     ("safetensors", safetensors),

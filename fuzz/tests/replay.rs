@@ -267,7 +267,10 @@ fn corpus_and_mutations_of_every_target() {
     let mut findings = Vec::new();
     let only = std::env::var("FLUX_FUZZ_TARGETS").ok();
     for &(name, f) in flux_fuzz::TARGETS {
-        if only.as_ref().is_some_and(|o| !o.split(',').any(|t| t == name)) {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|t| t == name))
+        {
             continue;
         }
         let dir = corpus_dir(name);
