@@ -77,6 +77,11 @@ struct Args {
     /// prompts before the first step (0: raw inputs, as the reference does).
     #[arg(long, default_value_t = 32)]
     standardize_samples: usize,
+    /// Prompt tokens each router pools at each end of the prompt (P of the method; the
+    /// reference uses 150). Smaller values weigh the request at either end more than the
+    /// document between.
+    #[arg(long, default_value_t = 150)]
+    pool_tokens: usize,
     /// A progress line every N steps (without the terminal UI).
     #[arg(long, default_value_t = 10)]
     print_every: usize,
@@ -155,6 +160,7 @@ impl Args {
             devices: self.devices.len(),
             max_valid: self.max_valid,
             standardize_samples: self.standardize_samples,
+            pool_tokens: self.pool_tokens,
             time_limit: self.time_limit,
             ..TrainConfig::default()
         })

@@ -284,10 +284,20 @@ impl RunManifest {
 
     /// The first difference from `other` that forbids resuming, as a message.
     pub fn mismatch(&self, other: &RunManifest) -> Option<String> {
-        if self.routers != other.routers
-            || self.hidden_size != other.hidden_size
-            || self.vocab_size != other.vocab_size
-        {
+        let (a, b) = (&self.routers, &other.routers);
+        let same_model = a.architecture == b.architecture
+            && a.num_layers == b.num_layers
+            && a.num_heads == b.num_heads
+            && a.head_dim == b.head_dim
+            && self.hidden_size == other.hidden_size
+            && self.vocab_size == other.vocab_size;
+        if same_model && (a.pool_tokens != b.pool_tokens || a.sparse_mode != b.sparse_mode) {
+            return Some(format!(
+                "the run's routers pool {} tokens and train against {}, these settings ask for {} tokens and {}: resume with the run's --pool-tokens and sparse-mode options",
+                a.pool_tokens, a.sparse_mode, b.pool_tokens, b.sparse_mode
+            ));
+        }
+        if !same_model {
             return Some(format!(
                 "the run was started for another model ({} with {} layers, hidden {}), this is {} with {} layers, hidden {}",
                 self.routers.architecture,
@@ -726,4 +736,46 @@ fn terminal_renderer(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod run_manifest_tests {
+    use super::*;
+
+    fn manifest(pool_tokens: usize, hidden_size: usize) -> RunManifest {
+        let config = TrainConfig {
+            pool_tokens,
+            ..TrainConfig::default()
+        };
+        RunManifest {
+            routers: RouterMeta {
+                architecture: "LlamaForCausalLM".into(),
+                num_layers: 30,
+                num_heads: 9,
+                head_dim: 64,
+                pool_tokens,
+                sparse_mode: config.sparse_mode,
+            },
+            hidden_size,
+            vocab_size: 49152,
+            train_data_sha256: "abc".into(),
+            train_samples: 600,
+            config,
+        }
+    }
+
+    #[test]
+    fn a_resume_with_another_pool_size_names_the_option() {
+        let why = manifest(32, 576).mismatch(&manifest(150, 576)).unwrap();
+        assert!(why.contains("--pool-tokens"), "{why}");
+        assert!(why.contains("pool 32 tokens"), "{why}");
+        assert!(!why.contains("another model"), "{why}");
+    }
+
+    #[test]
+    fn a_resume_on_another_model_says_so() {
+        let why = manifest(150, 576).mismatch(&manifest(150, 960)).unwrap();
+        assert!(why.contains("another model"), "{why}");
+        assert!(manifest(150, 576).mismatch(&manifest(150, 576)).is_none());
+    }
 }
