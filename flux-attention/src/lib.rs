@@ -26,6 +26,7 @@ mod error;
 mod kv_cache;
 mod linear;
 mod mode;
+mod padded_prompts;
 pub mod reference;
 pub mod reference_backward;
 pub mod xattention;
@@ -47,6 +48,7 @@ pub use kernels_cubecl::{enable_kernel_cache, kernel_cache_dir};
 pub use kv_cache::LayerKvCache;
 pub use linear::{linear, linear_reference, LinearBackend, WeightLayout};
 pub use mode::AttentionMode;
+pub use padded_prompts::{attend_padded_prompts, attend_padded_prompts_routed};
 pub use reference::{BlockSelection, KeyLayout, Visibility};
 
 use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};

@@ -646,3 +646,174 @@ fn routed_attention_refuses_a_started_cache_and_wrong_flags() {
         .to_string();
     assert!(err.contains("empty cache"), "{err}");
 }
+
+/// `attend_padded_prompts` (or its routed form, with `flags`) on `B` for a right-padded batch,
+/// against `attend` on ndarray for each sequence on its own rows: the largest abs error over
+/// the real rows; padding rows must be exactly zero and each cache must hold its own prompt.
+fn padded_prompts_match_alone<B: flux_attention::AttentionBackend>(
+    seed: u64,
+    c: Case,
+    lens: &[usize],
+    mode: flux_attention::AttentionMode,
+    flags: Option<&[bool]>,
+) -> f32 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (qs, ks) = ([c.b, c.hq, c.nq, c.d], [c.b, c.hkv, c.nk, c.d]);
+    let q = random(&mut rng, qs.iter().product());
+    let k = random(&mut rng, ks.iter().product());
+    let v = random(&mut rng, ks.iter().product());
+    let dev = Default::default();
+    let t =
+        |x: &[f32], s: [usize; 4]| Tensor::<B, 4>::from_data(TensorData::new(x.to_vec(), s), &dev);
+    let mut caches: Vec<_> = (0..c.b)
+        .map(|_| flux_attention::LayerKvCache::new())
+        .collect();
+    let out = match flags {
+        None => flux_attention::attend_padded_prompts(
+            t(&q, qs),
+            t(&k, ks),
+            t(&v, ks),
+            &mut caches,
+            &mode,
+            lens,
+        ),
+        Some(flags) => {
+            let full = Tensor::<B, 1>::from_data(
+                TensorData::new(flags.iter().map(|&f| f as u8 as f32).collect(), [c.b]),
+                &dev,
+            );
+            flux_attention::attend_padded_prompts_routed(
+                t(&q, qs),
+                t(&k, ks),
+                t(&v, ks),
+                &mut caches,
+                full,
+                &mode,
+                lens,
+            )
+        }
+    }
+    .unwrap();
+    let got: Vec<f32> = out.into_data().to_vec().unwrap();
+    let mut err = 0f32;
+    for (i, &len) in lens.iter().enumerate() {
+        assert_eq!(caches[i].len(), len, "cache {i} holds its own prompt");
+        let own = |x: &[f32], s: [usize; 4]| cpu(&slice(x, s, i, len), [1, s[1], len, s[3]]);
+        let own_mode = match (flags, mode) {
+            (Some(f), _) if f[i] => flux_attention::AttentionMode::Full,
+            _ => mode,
+        };
+        let want: Vec<f32> = flux_attention::attend(
+            own(&q, qs),
+            own(&k, ks),
+            own(&v, ks),
+            &mut flux_attention::LayerKvCache::new(),
+            &own_mode,
+        )
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+        let mine = slice(&got, qs, i, c.nq);
+        for h in 0..c.hq {
+            for row in 0..c.nq {
+                for j in 0..c.d {
+                    let x = mine[(h * c.nq + row) * c.d + j];
+                    if row < len {
+                        err = err.max((x - want[(h * len + row) * c.d + j]).abs());
+                    } else {
+                        assert_eq!(x, 0.0, "sequence {i} padding row {row}");
+                    }
+                }
+            }
+        }
+    }
+    err
+}
+
+#[test]
+fn padded_prompt_batches_match_each_sequence_alone() {
+    use flux_attention::AttentionMode::{Full, Streaming};
+    let streaming = Streaming {
+        sink: 3,
+        window: 19,
+    };
+    for (i, (c, lens, mode, flags)) in [
+        (case(3, 4, 2, 90, 90, 64), vec![90, 41, 67], Full, None),
+        (case(3, 4, 2, 90, 90, 64), vec![17, 90, 55], streaming, None),
+        (case(2, 2, 1, 150, 150, 32), vec![150, 99], streaming, None),
+        (
+            case(3, 4, 2, 90, 90, 64),
+            vec![90, 30, 61],
+            streaming,
+            Some(vec![true, false, true]),
+        ),
+        (
+            case(2, 4, 2, 70, 70, 64),
+            vec![12, 70],
+            streaming,
+            Some(vec![false, false]),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 90 + i as u64;
+        let flags = flags.as_deref();
+        let errors = [
+            padded_prompts_match_alone::<Gpu>(seed, c, &lens, mode, flags),
+            padded_prompts_match_alone::<burn::backend::Wgpu>(seed, c, &lens, mode, flags),
+            padded_prompts_match_alone::<Cpu>(seed, c, &lens, mode, flags),
+        ];
+        for (backend, err) in ["CubeBackend", "Wgpu (fusion)", "ndarray"]
+            .iter()
+            .zip(errors)
+        {
+            assert!(
+                err < 2e-5,
+                "{backend} {c:?} {lens:?} {mode:?} {flags:?}: max abs error {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn padded_prompts_refuse_length_dependent_modes_started_caches_and_bad_lengths() {
+    type B = Cpu;
+    let dev = Default::default();
+    let x = |n| Tensor::<B, 4>::ones([2, 2, n, 8], &dev);
+    let caches = || vec![flux_attention::LayerKvCache::<B>::new(); 2];
+    let triangle = flux_attention::AttentionMode::Triangle {
+        sink: 1,
+        window: 4,
+        last_queries: 2,
+    };
+    let full = flux_attention::AttentionMode::Full;
+    let err =
+        flux_attention::attend_padded_prompts(x(5), x(5), x(5), &mut caches(), &triangle, &[5, 3])
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("mode") && err.contains("attend"), "{err}");
+    let err =
+        flux_attention::attend_padded_prompts(x(5), x(5), x(5), &mut caches(), &full, &[5, 0])
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("lens") && err.contains("sequence 1"), "{err}");
+    let err = flux_attention::attend_padded_prompts(x(5), x(5), x(5), &mut caches(), &full, &[5])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("caches"), "{err}");
+    let mut started = caches();
+    flux_attention::attend(
+        Tensor::<B, 4>::ones([1, 2, 3, 8], &dev),
+        Tensor::<B, 4>::ones([1, 2, 3, 8], &dev),
+        Tensor::<B, 4>::ones([1, 2, 3, 8], &dev),
+        &mut started[1],
+        &full,
+    )
+    .unwrap();
+    let err = flux_attention::attend_padded_prompts(x(5), x(5), x(5), &mut started, &full, &[5, 4])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cache 1 holds 3 positions"), "{err}");
+}

@@ -4,7 +4,10 @@ use flux_attention::FluxBackend;
 use std::ops::Range;
 
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
-use flux_attention::{attend, attend_routed, attention, AttentionMode, LayerKvCache};
+use flux_attention::{
+    attend, attend_padded_prompts, attend_padded_prompts_routed, attend_routed, attention,
+    AttentionMode, LayerKvCache,
+};
 use flux_router::{full_flags, pool_query_states};
 
 use super::linear::Linear;
@@ -203,6 +206,11 @@ impl<B: FluxBackend> SelfAttention<B> {
         how: PerSequence<'_, B>,
         timer: &AttentionTimer,
     ) -> Result<Tensor<B, 4>> {
+        if let Some(out) =
+            self.attend_padded_batch(q, k, v, ropes, spans, caches.as_deref_mut(), how, timer)?
+        {
+            return Ok(out);
+        }
         let [b, hq, n, d] = q.dims();
         let mut outputs = Vec::with_capacity(b);
         for i in 0..b {
@@ -244,6 +252,61 @@ impl<B: FluxBackend> SelfAttention<B> {
         } else {
             Tensor::cat(outputs, 0)
         })
+    }
+}
+
+impl<B: FluxBackend> SelfAttention<B> {
+    /// The prompts of a right-padded batch whose sequences share one rule (full attention or
+    /// streaming), in one attention call ([`attend_padded_prompts`]); `None` where that does not
+    /// apply (decode steps, left padding, per-sequence or length-dependent modes, training).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_padded_batch(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        ropes: &[RopeTables<B>],
+        spans: &[Range<usize>],
+        caches: Option<&mut [LayerKvCache<B>]>,
+        how: PerSequence<'_, B>,
+        timer: &AttentionTimer,
+    ) -> Result<Option<Tensor<B, 4>>> {
+        let [b, _, n, _] = q.dims();
+        let Some(caches) = caches else {
+            return Ok(None);
+        };
+        if b < 2 || caches.iter().any(|c| !c.is_empty()) || spans.iter().any(|s| s.start != 0) {
+            return Ok(None);
+        }
+        // RoPE positions start at 0 in every sequence: the longest one's tables cover all.
+        let Some(longest) = spans.iter().position(|s| s.end == n) else {
+            return Ok(None);
+        };
+        let shared =
+            |m: &AttentionMode| matches!(m, AttentionMode::Full | AttentionMode::Streaming { .. });
+        match how {
+            PerSequence::Modes(modes) if modes.iter().all(|m| m == &modes[0] && shared(m)) => {}
+            PerSequence::Routed { sparse_mode, .. } if shared(&sparse_mode) => {}
+            _ => return Ok(None),
+        }
+        let lens: Vec<usize> = spans.iter().map(Range::len).collect();
+        let qr = ropes[longest].apply(q.clone())?;
+        let kr = ropes[longest].apply(k.clone())?;
+        let out = timer.time::<B, _>(&q.device(), || match how {
+            PerSequence::Modes(modes) => {
+                attend_padded_prompts(qr, kr, v.clone(), caches, &modes[0], &lens)
+            }
+            PerSequence::Routed { full, sparse_mode } => attend_padded_prompts_routed(
+                qr,
+                kr,
+                v.clone(),
+                caches,
+                full.clone(),
+                &sparse_mode,
+                &lens,
+            ),
+        })?;
+        Ok(Some(out))
     }
 }
 
