@@ -271,8 +271,7 @@ mod tests {
         loader: &dyn DataLoader<NdArray, RouterBatch<NdArray>>,
     ) -> Vec<(usize, BatchPosition)> {
         let mut out = Vec::new();
-        let mut it = loader.iter();
-        while let Some(b) = it.next() {
+        for b in loader.iter() {
             for ids in &b.ids {
                 out.push((ids[0] as usize - 1, b.position));
             }

@@ -199,7 +199,7 @@ impl TrainConfig {
                     .into(),
             ));
         }
-        if self.batch_size % self.devices != 0 {
+        if !self.batch_size.is_multiple_of(self.devices) {
             return Err(bad(format!(
                 "--batch {} must be a multiple of the {} devices (each device takes an equal share of every batch)",
                 self.batch_size, self.devices

@@ -169,7 +169,7 @@ impl MetricsRendererTraining for MetricsLog {
         }
         self.write(serde_json::Value::Object(line));
         if self.inner.is_none()
-            && micro % (self.print_every * self.accumulation) == 0
+            && micro.is_multiple_of(self.print_every * self.accumulation)
             && self.printed_step != Some(step)
         {
             self.printed_step = Some(step);
