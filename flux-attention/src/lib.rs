@@ -113,14 +113,7 @@ pub fn attend_routed<B: AttentionBackend>(
 ) -> Result<Tensor<B, 4>, AttentionError> {
     check_new_positions(&q, &k_new, &v_new, cache)?;
     sparse_mode.validate()?;
-    let b = q.dims()[0];
-    if full.dims() != [b] {
-        return Err(AttentionError::Shape {
-            tensor: "full",
-            expected: format!("[{b}], one flag per sequence"),
-            found: full.dims().to_vec(),
-        });
-    }
+    check_route_flags(&full, q.dims()[0])?;
     if !cache.is_empty() {
         return Err(AttentionError::InvalidArgument {
             argument: "cache",
@@ -146,28 +139,48 @@ pub fn attend_routed<B: AttentionBackend>(
         let out = B::fused_attention_routed(qp, kp, vp, full, &spec);
         return Ok(Tensor::from_primitive(TensorPrimitive::Float(out)));
     }
-    // No kernel reads the flags: read them, run what they chose (both, mixed per sequence,
-    // when the sequences disagree).
+    run_routed_on_host(&q, &k, &v, cache.layout(), full, spec.visibility)
+}
+
+/// `full` must hold one flag per sequence of a batch of `b`.
+fn check_route_flags<B: AttentionBackend>(
+    full: &Tensor<B, 1>,
+    b: usize,
+) -> Result<(), AttentionError> {
+    if full.dims() != [b] {
+        return Err(AttentionError::Shape {
+            tensor: "full",
+            expected: format!("[{b}], one flag per sequence"),
+            found: full.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// A routed call that no kernel takes: the flags are read back and what they chose runs, one
+/// rule when every sequence agrees, both mixed per sequence otherwise.
+fn run_routed_on_host<B: AttentionBackend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    layout: KeyLayout,
+    full: Tensor<B, 1>,
+    sparse: Visibility,
+) -> Result<Tensor<B, 4>, AttentionError> {
     let flags: Vec<bool> = full
         .clone()
         .into_data()
         .convert::<f32>()
         .to_vec::<f32>()
-        .expect("f32 after convert")
+        .map_err(|e| AttentionError::InvalidArgument {
+            argument: "full",
+            message: format!("could not read the flags back: {e:?}"),
+        })?
         .iter()
         .map(|&x| x != 0.0)
         .collect();
-    let layout = cache.layout();
     let run_full = || run(q.clone(), k.clone(), v.clone(), layout, Visibility::Causal);
-    let run_sparse = || {
-        run(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            layout,
-            spec.visibility.clone(),
-        )
-    };
+    let run_sparse = || run(q.clone(), k.clone(), v.clone(), layout, sparse.clone());
     Ok(if flags.iter().all(|&f| f) {
         run_full()
     } else if flags.iter().all(|&f| !f) {
@@ -177,7 +190,7 @@ pub fn attend_routed<B: AttentionBackend>(
             .not_equal_elem(0.0)
             .float()
             .cast(FloatDType::from(q.dtype()))
-            .reshape([b, 1, 1, 1]);
+            .reshape([q.dims()[0], 1, 1, 1]);
         run_full() * mix.clone() + run_sparse() * mix.neg().add_scalar(1.0)
     })
 }

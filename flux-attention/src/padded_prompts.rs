@@ -9,8 +9,8 @@
 use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
 
 use crate::{
-    check_new_positions, run, visibility, AttentionBackend, AttentionError, AttentionMode,
-    AttentionSpec, KeyLayout, LayerKvCache, Visibility,
+    check_new_positions, check_route_flags, run, run_routed_on_host, visibility, AttentionBackend,
+    AttentionError, AttentionMode, AttentionSpec, KeyLayout, LayerKvCache, Visibility,
 };
 
 /// [`crate::attend`] for the prompts of a right-padded batch, in one call: sequence `i` holds
@@ -66,14 +66,8 @@ pub fn attend_padded_prompts_routed<B: AttentionBackend>(
     lens: &[usize],
 ) -> Result<Tensor<B, 4>, AttentionError> {
     check_padded(&q, &k_new, &v_new, caches, sparse_mode, lens)?;
-    let [b, _, n, _] = q.dims();
-    if full.dims() != [b] {
-        return Err(AttentionError::Shape {
-            tensor: "full",
-            expected: format!("[{b}], one flag per sequence"),
-            found: full.dims().to_vec(),
-        });
-    }
+    let n = q.dims()[2];
+    check_route_flags(&full, q.dims()[0])?;
     let sparse = visibility(&q, &k_new, sparse_mode, true, n);
     let out = match fused_with_lens(&q, &k_new, &v_new, &sparse, lens) {
         // The kernel reads the flags itself: the host does not wait for the decision.
@@ -87,39 +81,10 @@ pub fn attend_padded_prompts_routed<B: AttentionBackend>(
                 qp, kp, vp, full, &spec,
             )))
         }
-        // No kernel reads the flags: read them, run what they chose (both, mixed per
-        // sequence, when the sequences disagree).
-        _ => {
-            let flags: Vec<bool> = full
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| AttentionError::InvalidArgument {
-                    argument: "full",
-                    message: format!("could not read the flags back: {e:?}"),
-                })?
-                .iter()
-                .map(|&x| x != 0.0)
-                .collect();
-            let layout = KeyLayout::default();
-            let (q, k, v) = (&q, &k_new, &v_new);
-            let run_full = || run(q.clone(), k.clone(), v.clone(), layout, Visibility::Causal);
-            let run_sparse = || run(q.clone(), k.clone(), v.clone(), layout, sparse.clone());
-            let out = if flags.iter().all(|&f| f) {
-                run_full()
-            } else if flags.iter().all(|&f| !f) {
-                run_sparse()
-            } else {
-                let mix = full
-                    .not_equal_elem(0.0)
-                    .float()
-                    .cast(FloatDType::from(q.dtype()))
-                    .reshape([b, 1, 1, 1]);
-                run_full() * mix.clone() + run_sparse() * mix.neg().add_scalar(1.0)
-            };
-            zero_padding_rows(out, lens)
-        }
+        _ => zero_padding_rows(
+            run_routed_on_host(&q, &k_new, &v_new, KeyLayout::default(), full, sparse)?,
+            lens,
+        ),
     };
     fill_caches(caches, k_new, v_new, lens);
     Ok(out)

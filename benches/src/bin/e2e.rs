@@ -12,9 +12,10 @@ use flux_attention::FluxBackend;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Parser;
 use flux_examples::dtype_args::DTypeArgs;
+use flux_examples::logits::last_logits;
 use flux_examples::model_args::ModelSourceArgs;
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
@@ -92,24 +93,6 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// Logits of the last position, read back and checked.
-fn last_logits<B: FluxBackend>(
-    model: &Model<B>,
-    hidden: burn::tensor::Tensor<B, 3>,
-) -> Result<Vec<f32>> {
-    let n = hidden.dims()[1];
-    let row = model
-        .logits(hidden.narrow(1, n - 1, 1))
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
-    if row.iter().any(|x| !x.is_finite()) {
-        bail!("non-finite logits: the backend failed");
-    }
-    Ok(row)
-}
-
 /// One prefill of `prompt` then `steps` greedy decode steps under `plan`; with
 /// `time_attention`, each attention call is synchronised and timed (slower, so not a timed run).
 fn run_once<B: FluxBackend>(
@@ -132,13 +115,13 @@ fn run_once<B: FluxBackend>(
         &mut cache,
         Routing::Plan(plan),
     )?;
-    let prompt_logits = last_logits(model, hidden)?;
+    let prompt_logits = last_logits(model, hidden, "the prefill")?;
     let mut next = argmax(&prompt_logits) as u32;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..steps {
         let hidden = model.forward(model.token_tensor(&[vec![next]])?, &mut cache)?;
-        next = argmax(&last_logits(model, hidden)?) as u32;
+        next = argmax(&last_logits(model, hidden, "a decode step")?) as u32;
     }
     let decode = t1.elapsed().as_secs_f64();
     timer.set_enabled(false);
@@ -172,7 +155,7 @@ fn routed_prefill<B: FluxBackend>(
             sparse_mode,
         },
     )?;
-    let logits = last_logits(model, hidden)?;
+    let logits = last_logits(model, hidden, "the routed prefill")?;
     argmax(&logits);
     let seconds = t0.elapsed().as_secs_f64();
     let plan = cache

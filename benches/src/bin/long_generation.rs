@@ -15,11 +15,12 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use flux_attention::FluxBackend;
 use flux_examples::dtype_args::DTypeArgs;
+use flux_examples::logits::last_logits;
 use flux_examples::model_args::ModelSourceArgs;
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::generation::argmax;
-use flux_models::{Model, Routing};
+use flux_models::Routing;
 use flux_router::{ForcedPlan, RoutingPlan};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -60,25 +61,6 @@ struct Args {
     backend: BackendChoice,
     #[command(flatten)]
     dtype: DTypeArgs,
-}
-
-/// The last position's logits of `hidden`, read back; an error names `what` if any is not finite.
-fn last_logits<B: FluxBackend>(
-    model: &Model<B>,
-    hidden: burn::tensor::Tensor<B, 3>,
-    what: &str,
-) -> Result<Vec<f32>> {
-    let n = hidden.dims()[1];
-    let row = model
-        .logits(hidden.narrow(1, n - 1, 1))
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading the logits of {what}: {e:?}"))?;
-    if let Some(i) = row.iter().position(|x| !x.is_finite()) {
-        bail!("{what}: logit {i} is {}", row[i]);
-    }
-    Ok(row)
 }
 
 /// GPU memory held by this process in MiB, from nvidia-smi ("-" when it cannot be read), so
