@@ -28,11 +28,12 @@ impl ChatMessage {
     }
 }
 
-/// Template instructions a render may run: a fixed budget plus some per message. Real templates
-/// take a few hundred per message; minijinja caps one `range` at 100000 items but not loops in
-/// loops, so a template from a file could otherwise run for hours.
-const FUEL_BASE: u64 = 5_000_000;
-const FUEL_PER_MESSAGE: u64 = 50_000;
+/// Template instructions a render may run: a fixed budget plus some per message. The templates of
+/// Llama 3, SmolLM2 and ChatML take 15 to 25 per message (and some 50 more); minijinja caps one
+/// `range` at 100000 items but not loops in loops, nor a macro calling itself twice, so a template
+/// from a file could otherwise run for hours, or build strings of gigabytes through macro results.
+const FUEL_BASE: u64 = 200_000;
+const FUEL_PER_MESSAGE: u64 = 5_000;
 
 /// Bytes a render may write: a fixed budget plus 8 per byte of the messages (a template repeats
 /// each message a few times at most); `'x' * 99999999` in a loop would otherwise fill memory.
@@ -453,6 +454,16 @@ mod tests {
             err.contains("instructions for 2 messages (a loop without bound?)"),
             "{err}"
         );
+        // Found by fuzzing (fuzz/, target `chat_template`, a libFuzzer timeout): a macro calling
+        // itself twice doubles its output per level; with the first budget (5M instructions) it
+        // took 1 s and 500 MB here, over 10 s under AddressSanitizer.
+        let doubling = "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}\
+                        xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\
+                        {% endmacro %}{{ f(56) }}";
+        let err = render(doubling, &msgs(), false, "", "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runs more than 210000 instructions"), "{err}");
         let big = "{% for a in range(99999) %}{{ 'x' * 9999999 }}{% endfor %}";
         let err = render(big, &msgs(), false, "", "").unwrap_err().to_string();
         assert!(
