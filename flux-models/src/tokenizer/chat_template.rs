@@ -78,6 +78,10 @@ fn check_nesting(
     Ok(())
 }
 
+/// The widest `tojson` indent accepted: the indent string is allocated as given (found by
+/// fuzzing: `tojson(indent=99999999999999992)` asked for 10^17 bytes and aborted).
+const MAX_INDENT: usize = 64;
+
 /// A `Vec` that refuses to grow past `limit` bytes.
 struct Capped {
     out: Vec<u8>,
@@ -192,6 +196,12 @@ fn tojson(
         Some(n) => Some(n),
         None => kwargs.get::<Option<usize>>("indent")?,
     };
+    if let Some(n) = indent.filter(|&n| n > MAX_INDENT) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent {n} is more than {MAX_INDENT}"),
+        ));
+    }
     check_nesting(value, 0, &mut MAX_VALUE_PARTS.clone())?;
     let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
     kwargs.assert_all_used()?;
@@ -512,6 +522,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok, r#"[[1, [2]], {"a": [3]}]"#);
+    }
+
+    // Found by fuzzing (fuzz/, target `chat_template`, libFuzzer: allocation-size-too-big).
+    #[test]
+    fn a_huge_tojson_indent_is_an_error_not_an_abort() {
+        let t = "{{ messages | tojson(indent=99999999999999992) }}";
+        let err = render(t, &msgs(), false, "", "").unwrap_err().to_string();
+        assert!(
+            err.contains("tojson: indent 99999999999999992 is more than 64"),
+            "{err}"
+        );
+        let ok = render("{{ [1] | tojson(indent=64) }}", &msgs(), false, "", "").unwrap();
+        assert_eq!(ok, format!("[\n{}1\n]", " ".repeat(64)));
     }
 
     #[test]
