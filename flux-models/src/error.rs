@@ -91,24 +91,7 @@ pub enum ModelError {
     Attention(#[from] flux_attention::AttentionError),
 }
 
-/// `text` with its control characters (newlines, tabs, terminal escapes) written as escapes, so
-/// that a name or message taken from a file keeps an error on one line and cannot drive the
-/// terminal. Everything else, quotes included, is left as it is.
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return text.into();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect::<String>()
-        .into()
-}
+pub use flux_router::printable;
 
 /// A path through [`printable`]: shard names come from index files.
 fn shown(path: &std::path::Path) -> String {

@@ -39,7 +39,8 @@ pub enum RouterError {
 }
 
 /// `text` with its control characters (newlines, tabs, terminal escapes) written as escapes, so
-/// that a value taken from a file keeps an error on one line.
+/// that a name or message taken from a file keeps an error on one line and cannot drive the
+/// terminal. Everything else, quotes included, is left as it is.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return text.into();

@@ -27,7 +27,7 @@ mod schedule;
 
 pub use atomic_file::write_atomically;
 pub use decision::{argmax_decisions, full_flags, GumbelSoftmax, SoftDecision};
-pub use error::{Result, RouterError};
+pub use error::{printable, Result, RouterError};
 pub use flux_attention::silu;
 pub use objective::{sparsity_of, SparsityObjective, TaskCategory};
 pub use plan::{ForcedPlan, LayerRoute, RoutingPlan};
