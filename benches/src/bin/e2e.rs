@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
+use burn::tensor::Tensor;
 use clap::Parser;
 use flux_examples::dtype_args::DTypeArgs;
 use flux_examples::logits::last_logits;
@@ -76,6 +77,11 @@ struct Args {
     /// layers keep everything, so an all-full row gives the size without eviction).
     #[arg(long)]
     evict_kv: bool,
+    /// Prompts per prefill: B prompts of N, N - N/(2B), N - 2N/(2B), ... tokens, right-padded
+    /// into one batch (the tokens/s columns count real tokens); each row then also times the
+    /// same prompts one at a time. Routed rows (--router) stay at one prompt.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    batch: u64,
 }
 
 /// What one run measured.
@@ -93,11 +99,42 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// One prefill of `prompt` then `steps` greedy decode steps under `plan`; with
-/// `time_attention`, each attention call is synchronised and timed (slower, so not a timed run).
+/// The prompts of a batch as one right-padded token tensor's rows and each one's span.
+fn padded_batch(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<std::ops::Range<usize>>) {
+    let n = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let rows = prompts
+        .iter()
+        .map(|p| p.iter().copied().chain(std::iter::repeat(0)).take(n).collect())
+        .collect();
+    let spans = prompts.iter().map(|p| 0..p.len()).collect();
+    (rows, spans)
+}
+
+/// The logits of each sequence's last token in `hidden` `[b, n, hidden]`, read back and checked.
+fn last_logits_of_each<B: FluxBackend>(
+    model: &Model<B>,
+    hidden: Tensor<B, 3>,
+    ends: &[usize],
+    what: &str,
+) -> Result<Vec<Vec<f32>>> {
+    if ends.len() == 1 {
+        return Ok(vec![last_logits(model, hidden.narrow(1, 0, ends[0]), what)?]);
+    }
+    ends.iter()
+        .enumerate()
+        .map(|(i, &end)| {
+            let row = hidden.clone().narrow(0, i, 1).narrow(1, 0, end);
+            last_logits(model, row, &format!("{what}, sequence {i}"))
+        })
+        .collect()
+}
+
+/// One prefill of `prompts` (one sequence, or a right-padded batch) then `steps` greedy decode
+/// steps of every sequence under `plan`; with `time_attention`, each attention call is
+/// synchronised and timed (slower, so not a timed run).
 fn run_once<B: FluxBackend>(
     model: &Model<B>,
-    prompt: &[u32],
+    prompts: &[Vec<u32>],
     steps: usize,
     plan: &RoutingPlan,
     evict: bool,
@@ -106,22 +143,33 @@ fn run_once<B: FluxBackend>(
     let timer = model.attention_timer();
     timer.reset();
     timer.set_enabled(time_attention);
+    let (rows, spans) = padded_batch(prompts);
+    // The plan's layer routes for every sequence of the batch.
+    let plan = &RoutingPlan::uniform(plan.sparse_mode(), plan.routes(0).to_vec(), prompts.len())?;
+    let longest = rows[0].len();
     let mut cache = model.new_cache_with_eviction(evict);
-    cache.reserve(prompt.len() + steps);
+    cache.reserve(longest + steps);
     let t0 = Instant::now();
+    let spans_arg = (prompts.len() > 1).then_some(&spans[..]);
     let hidden = model.forward_routed(
-        model.token_tensor(&[prompt.to_vec()])?,
-        None,
+        model.token_tensor(&rows)?,
+        spans_arg,
         &mut cache,
         Routing::Plan(plan),
     )?;
-    let prompt_logits = last_logits(model, hidden, "the prefill")?;
-    let mut next = argmax(&prompt_logits) as u32;
+    let ends: Vec<usize> = spans.iter().map(|s| s.end).collect();
+    let logits = last_logits_of_each(model, hidden, &ends, "the prefill")?;
+    let mut next: Vec<u32> = logits.iter().map(|l| argmax(l) as u32).collect();
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..steps {
-        let hidden = model.forward(model.token_tensor(&[vec![next]])?, &mut cache)?;
-        next = argmax(&last_logits(model, hidden, "a decode step")?) as u32;
+        let tokens: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+        let hidden = model.forward(model.token_tensor(&tokens)?, &mut cache)?;
+        let ones = vec![1; next.len()];
+        next = last_logits_of_each(model, hidden, &ones, "a decode step")?
+            .iter()
+            .map(|l| argmax(l) as u32)
+            .collect();
     }
     let decode = t1.elapsed().as_secs_f64();
     timer.set_enabled(false);
@@ -130,7 +178,7 @@ fn run_once<B: FluxBackend>(
         decode,
         attention: timer.elapsed().as_secs_f64(),
         kv_bytes: cache.allocated_bytes(),
-        prompt_logits,
+        prompt_logits: logits.into_iter().next().expect("one sequence at least"),
     })
 }
 
@@ -241,7 +289,7 @@ impl BackendTask for Args {
                 .map(|_| rng.random_range(0..vocab.min(30_000)))
                 .collect();
             let t = Instant::now();
-            run_once(model, &short, 1, plan, false, false)?;
+            run_once(model, &[short], 1, plan, false, false)?;
             let cache = kernel_cache_note(self.backend);
             println!(
                 "first token of a 5-token prompt after loading: {:.3} s (kernel cache: {cache})",
@@ -252,23 +300,33 @@ impl BackendTask for Args {
             .warmup_tokens
             .or_else(|| self.prompt_tokens.iter().copied().min())
             .unwrap_or(256);
-        let warmup: Vec<u32> = (0..warmup_tokens.max(1))
-            .map(|_| rng.random_range(0..vocab.min(30_000)))
-            .collect();
+        let batch = self.batch as usize;
+        // Token ids drawn from the lower vocabulary (ordinary tokens, no specials).
+        let mut prompts_of = |n: usize| -> Vec<Vec<u32>> {
+            (0..batch)
+                .map(|i| {
+                    let len = (n - i * n / (2 * batch)).max(1);
+                    (0..len)
+                        .map(|_| rng.random_range(0..vocab.min(30_000)))
+                        .collect()
+                })
+                .collect()
+        };
+        let warmup_batch = prompts_of(warmup_tokens.max(1));
+        let warmup = warmup_batch[0].clone();
         // Every plan once: its kernels compile here, not in its first timed run (with
         // --repeats 1 that run would otherwise be the figure).
         for (_, plan) in &plans {
-            run_once(model, &warmup, 2, plan, false, false)?;
+            run_once(model, &warmup_batch, 2, plan, false, false)?;
         }
         if let Some((routers, _)) = &routers {
             routed_prefill(model, &warmup, routers, sparse_mode, self.evict_kv)?;
         }
         let mut rows = Vec::new();
         for &n in &self.prompt_tokens {
-            // Token ids drawn from the lower vocabulary (ordinary tokens, no specials).
-            let prompt: Vec<u32> = (0..n)
-                .map(|_| rng.random_range(0..vocab.min(30_000)))
-                .collect();
+            let prompts = prompts_of(n);
+            let prompt = prompts[0].clone();
+            let real_tokens: usize = prompts.iter().map(Vec::len).sum();
             let mut plans_n = plans.clone();
             let mut routed_seconds = None;
             let mut routed_logits = None;
@@ -289,7 +347,12 @@ impl BackendTask for Args {
             for (name_of_plan, plan) in &plans_n {
                 let run = |time_attention| {
                     let steps = self.decode_tokens;
-                    run_once(model, &prompt, steps, plan, self.evict_kv, time_attention)
+                    let batch_of = if name_of_plan == "router" {
+                        std::slice::from_ref(&prompt)
+                    } else {
+                        &prompts[..]
+                    };
+                    run_once(model, batch_of, steps, plan, self.evict_kv, time_attention)
                 };
                 let mut runs = Vec::new();
                 for _ in 0..self.repeats.max(1) {
@@ -301,6 +364,25 @@ impl BackendTask for Args {
                     runs.push(r);
                 }
                 let p = median(runs.iter().map(|r| r.prefill).collect());
+                let in_batch = if name_of_plan == "router" { 1 } else { batch };
+                let tokens_in = if in_batch == 1 { n } else { real_tokens };
+                if in_batch > 1 {
+                    // The same prompts, one prefill each: what the batch saves.
+                    let mut alone = Vec::new();
+                    for _ in 0..self.repeats.max(1) {
+                        let mut total = 0.0;
+                        for one in &prompts {
+                            let one = std::slice::from_ref(one);
+                            total += run_once(model, one, 0, plan, self.evict_kv, false)?.prefill;
+                        }
+                        alone.push(total);
+                    }
+                    let alone = median(alone);
+                    println!(
+                        "N={n} {name_of_plan}: a batch of {in_batch} prompts ({tokens_in} tokens) in one prefill: {p:.3} s; one at a time: {alone:.3} s ({:.2}x)",
+                        alone / p
+                    );
+                }
                 if let (Some(routed), "router") = (&routed_logits, name_of_plan.as_str()) {
                     // The decisions read on the device must compute what the same plan forced
                     // does.
@@ -329,7 +411,7 @@ impl BackendTask for Args {
                 };
                 let mib = |b: usize| b as f64 / (1 << 20) as f64;
                 json_rows.push(format!(
-                    "{{\"impl\": \"flux\", \"model\": {}, \"backend\": \"{}\", \"dtype\": \"{}\", \"prompt_tokens\": {n}, \"plan\": {}, \"layers\": \"{}\", \"prefill_s\": {p}, \"decode_ms_per_token\": {}, \"kv_mib\": {}, \"routing_cost\": {}, \"repeats\": {}}}",
+                    "{{\"impl\": \"flux\", \"model\": {}, \"backend\": \"{}\", \"dtype\": \"{}\", \"prompt_tokens\": {n}, \"batch\": {in_batch}, \"plan\": {}, \"layers\": \"{}\", \"prefill_s\": {p}, \"decode_ms_per_token\": {}, \"kv_mib\": {}, \"routing_cost\": {}, \"repeats\": {}}}",
                     json_string(&name),
                     self.backend,
                     flux_models::dtype_name(model.dtype()),
@@ -347,8 +429,8 @@ impl BackendTask for Args {
                     self.backend,
                     flux_models::dtype_name(model.dtype()),
                     plan.layer_string(0),
-                    n as f64 / p,
-                    self.decode_tokens as f64 / d,
+                    tokens_in as f64 / p,
+                    (self.decode_tokens * in_batch) as f64 / d,
                     mib(runs[0].kv_bytes),
                 ));
             }
@@ -357,6 +439,9 @@ impl BackendTask for Args {
             "sparse mode: {sparse_mode}; KV eviction {}",
             if self.evict_kv { "on" } else { "off" }
         );
+        if batch > 1 {
+            println!("batch: {batch} prompts per prefill and decode step (plans; routed rows: 1)");
+        }
         println!("| model | backend, dtype | prompt tokens | plan | prefill s (median) | prompt tokens/s | decode tokens/s | attention share | KV MiB after decode | routing cost / prefill |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for r in rows {
