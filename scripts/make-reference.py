@@ -8,6 +8,8 @@ scripts/make-reference-on-device.md). Writes into OUT_DIR:
                                checkpoints with reference.json beside each
 
 usage: make-reference.py SMOLLM2_GGUF QWEN25_GGUF OUT_DIR
+       make-reference.py --bf16 GGUF OUT_FILE   the same cases of one GGUF model, run in bfloat16
+                                                (flux-models/tests/gpu_bf16.rs compares against it)
 """
 import json
 import os
@@ -53,10 +55,10 @@ def greedy(model, ids, steps=GREEDY_STEPS):
     return out
 
 
-def gguf_reference(path, out_file):
+def gguf_reference(path, out_file, dtype=torch.float32):
     d, f = os.path.split(path)
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).to(DEVICE).eval()
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=dtype).to(DEVICE).eval()
     cases = []
     for text in TEXTS:
         ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -73,7 +75,7 @@ def gguf_reference(path, out_file):
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
-        "dtype": "float32",
+        "dtype": str(dtype).removeprefix("torch."),
         "tokenizer_class": type(tok).__name__,
         "chat_messages": messages,
         "chat_prompt": chat,
@@ -141,6 +143,9 @@ def tiny_models(out_dir):
 
 
 def main():
+    if sys.argv[1] == "--bf16":
+        gguf_reference(sys.argv[2], sys.argv[3], dtype=torch.bfloat16)
+        return
     smol, qwen, out = sys.argv[1:4]
     os.makedirs(out, exist_ok=True)
     tiny_models(out)
