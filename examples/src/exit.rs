@@ -33,18 +33,33 @@ fn report_out_of_memory(program: &str) {
         match out_of_memory(message) {
             Some(what) => {
                 eprintln!(
-                    "{program}: the device ran out of memory ({what}): use a shorter prompt, \
-                     fewer new tokens or a smaller batch, --dtype bf16 or f16, or a device with \
-                     more free memory"
+                    "{program}: {what}: use a shorter prompt, fewer new tokens or a smaller \
+                     batch, --dtype bf16 or f16, or a device with more free memory"
                 );
-                std::process::exit(1);
+                exit_now(1);
             }
             None => default_hook(info),
         }
     }));
 }
 
-/// What a panic message says was not allocated, if it is an out-of-memory failure.
+/// Ends the process with `code` at once, from inside a panic hook. `std::process::exit` runs
+/// the C exit handlers, and there the Vulkan driver's teardown (wgpu) reached Rust thread-locals
+/// of the panicking thread: a second panic, and an abort (code 134) after the message.
+fn exit_now(code: i32) -> ! {
+    #[cfg(unix)]
+    // SAFETY: `_exit` ends the process without running anything else; stderr is unbuffered and
+    // stdout is flushed first, so no output is lost.
+    unsafe {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
+}
+
+/// What failed, if the panic message is a failed device allocation.
 fn out_of_memory(message: &str) -> Option<String> {
     const TOO_BIG: &str = "can't allocate buffer of size: ";
     if let Some(at) = message.find(TOO_BIG) {
@@ -53,14 +68,18 @@ fn out_of_memory(message: &str) -> Option<String> {
             .take_while(char::is_ascii_digit)
             .collect();
         if let Ok(bytes) = digits.parse::<u64>() {
-            return Some(format!("a buffer of {} could not be allocated", bytes_text(bytes)));
+            return Some(format!(
+                "the device could not allocate a buffer of {} (out of memory, or larger than its \
+                 largest buffer)",
+                bytes_text(bytes)
+            ));
         }
     }
     let lower = message.to_ascii_lowercase();
     ["out of memory", "out-of-memory", "outofmemory", "out_of_memory"]
         .iter()
         .any(|needle| lower.contains(needle))
-        .then(|| "an allocation failed".to_string())
+        .then(|| "the device ran out of memory".to_string())
 }
 
 /// `bytes` in the largest binary unit that keeps it >= 1.
@@ -90,7 +109,10 @@ mod tests {
                     40802189312\n   0: backtrace";
         assert_eq!(
             out_of_memory(pool).as_deref(),
-            Some("a buffer of 38.0 GiB could not be allocated")
+            Some(
+                "the device could not allocate a buffer of 38.0 GiB (out of memory, or larger \
+                 than its largest buffer)"
+            )
         );
         for message in [
             "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
@@ -99,7 +121,7 @@ mod tests {
         ] {
             assert_eq!(
                 out_of_memory(message).as_deref(),
-                Some("an allocation failed"),
+                Some("the device ran out of memory"),
                 "{message}"
             );
         }
