@@ -73,6 +73,34 @@ impl SparseModeArgs {
     pub fn mode(&self) -> AttentionMode {
         self.mode_of(self.sparse_mode.unwrap_or(SparseModeChoice::Streaming))
     }
+
+    /// Chooses `mode` with its parameters (the others keep their values); `Full` is no sparse
+    /// mode and leaves everything as it is.
+    pub fn set_mode(&mut self, mode: AttentionMode) {
+        match mode {
+            AttentionMode::Full => {}
+            AttentionMode::Streaming { sink, window } => {
+                self.sparse_mode = Some(SparseModeChoice::Streaming);
+                (self.sink, self.window) = (sink, window);
+            }
+            AttentionMode::XAttention {
+                block,
+                stride,
+                threshold,
+            } => {
+                self.sparse_mode = Some(SparseModeChoice::Xattention);
+                (self.block, self.stride, self.threshold) = (block, stride, threshold);
+            }
+            AttentionMode::Triangle {
+                sink,
+                window,
+                last_queries,
+            } => {
+                self.sparse_mode = Some(SparseModeChoice::Triangle);
+                (self.sink, self.window, self.last_queries) = (sink, window, last_queries);
+            }
+        }
+    }
 }
 
 /// How layers choose their attention.

@@ -1,7 +1,9 @@
 //! Crash safety of `train_router` (issue 14 item 3): runs killed with SIGKILL at seeded random
 //! moments leave no half-written file (JSON, JSON lines, router files), their newest complete
-//! checkpoint always exports on its own and resumes, and the resumed run completes from exactly
-//! that checkpoint and ends where an uninterrupted run with the same seed does.
+//! checkpoint always exports on its own and resumes (given only its paths: the settings come
+//! from the run's run.json), and the resumed run completes from exactly that checkpoint and ends
+//! where an uninterrupted run with the same seed does. A setting given with the resume that
+//! differs from the run's is refused.
 //!
 //! Tiny random Llama-3 checkpoint (flux-models' test fixture) and random-token router data, on
 //! ndarray.
@@ -213,7 +215,21 @@ fn killed_runs_resume_from_their_newest_checkpoint() {
                 &format!("kill {run} at {at:?}: export of checkpoint {checkpoint:?}"),
             );
             assert_whole_safetensors(&export);
-            finish.extend(["--resume".into(), dir.display().to_string()]);
+            // Only the paths: the run's settings come from its run.json.
+            finish = [
+                "--model",
+                &model.display().to_string(),
+                "--data",
+                &data.display().to_string(),
+                "--out",
+                &final_out.display().to_string(),
+                "--quiet",
+                "--resume",
+                &dir.display().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         } else {
             // Killed before its first checkpoint: nothing to resume, a fresh run in a new folder.
             finish.extend([
@@ -241,6 +257,15 @@ fn killed_runs_resume_from_their_newest_checkpoint() {
             );
         }
     }
+    // A setting given with --resume that differs from the run's is refused, not adopted.
+    let mut other_seed = flags(&model, &data, &root.join("other.safetensors"));
+    let seed_at = other_seed.iter().position(|a| a == "--seed").unwrap() + 1;
+    other_seed[seed_at] = "4".into();
+    other_seed.extend(["--resume".into(), root.join("run-reference").display().to_string()]);
+    let out = train_router(&other_seed).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the run was started with other settings"), "{err}");
     assert!(
         resumed_from_a_checkpoint >= KILLS / 2,
         "only {resumed_from_a_checkpoint} of {KILLS} kills came after a checkpoint: the test proves little"

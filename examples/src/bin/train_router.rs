@@ -36,7 +36,10 @@ struct Args {
     /// Run folder (checkpoints, logs, metrics.jsonl); default `<out without extension>-run`.
     #[arg(long, conflicts_with = "resume")]
     run_dir: Option<PathBuf>,
-    /// Continue the run in this folder from its newest complete checkpoint.
+    /// Continue the run in this folder from its newest complete checkpoint. The training
+    /// settings (steps, batch, accum, checkpoint interval, learning rates, multipliers, seed,
+    /// validation, standardisation, pool size, sparse mode) are the run's, from its run.json,
+    /// unless given here; --model, --data and --out are given again.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// With --resume DIR: do not train, write the routers of DIR's newest checkpoint
@@ -419,8 +422,65 @@ fn last_valid_metrics(path: &Path) -> Option<serde_json::Value> {
         .last()
 }
 
+impl Args {
+    /// With `--resume DIR`: every training setting not given on the command line takes the
+    /// value the run was started with (DIR/run.json), so that a resume needs only the paths.
+    /// A run.json that cannot be read is left to the resume itself to report.
+    fn adopt_run_settings(&mut self, matches: &clap::ArgMatches) {
+        let Some(run) = self.resume.as_deref().and_then(|d| RunManifest::read(d).ok()) else {
+            return;
+        };
+        let given = |id: &str| {
+            matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        };
+        let c = &run.config;
+        let mut adopted = Vec::new();
+        macro_rules! adopt {
+            ($field:ident, $id:literal, $value:expr) => {
+                if !given($id) && self.$field != $value {
+                    self.$field = $value;
+                    adopted.push(format!("--{} {:?}", $id.replace('_', "-"), self.$field));
+                }
+            };
+        }
+        adopt!(steps, "steps", c.steps);
+        adopt!(batch, "batch", c.batch_size);
+        adopt!(accum, "accum", c.accumulation);
+        adopt!(checkpoint_every, "checkpoint_every", c.checkpoint_every);
+        adopt!(lr, "lr", c.lr);
+        adopt!(lambda_lr_ratio, "lambda_lr_ratio", c.lambda_lr_ratio);
+        adopt!(lambda_init, "lambda_init", c.lambda_init.0);
+        adopt!(seed, "seed", c.seed);
+        adopt!(max_valid, "max_valid", c.max_valid);
+        adopt!(standardize_samples, "standardize_samples", c.standardize_samples);
+        adopt!(pool_tokens, "pool_tokens", c.pool_tokens);
+        let sparse_flags = [
+            "sparse_mode",
+            "sink",
+            "window",
+            "last_queries",
+            "block",
+            "stride",
+            "threshold",
+        ];
+        if !sparse_flags.iter().any(|id| given(id)) && self.sparse.mode() != c.sparse_mode {
+            self.sparse.set_mode(c.sparse_mode);
+            adopted.push(format!("sparse mode {}", c.sparse_mode));
+        }
+        if !adopted.is_empty() {
+            eprintln!(
+                "--resume: the run's settings from its run.json: {}",
+                adopted.join(", ")
+            );
+        }
+    }
+}
+
 fn main() {
-    let args = Args::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    args.adopt_run_settings(&matches);
     flux_examples::exit::exit_on_error("train_router", || {
         run_autodiff_on(args.backend, args.clone())
     });
