@@ -76,10 +76,15 @@ fn out_of_memory(message: &str) -> Option<String> {
         }
     }
     let lower = message.to_ascii_lowercase();
-    ["out of memory", "out-of-memory", "outofmemory", "out_of_memory"]
-        .iter()
-        .any(|needle| lower.contains(needle))
-        .then(|| "the device ran out of memory".to_string())
+    [
+        "out of memory",
+        "out-of-memory",
+        "outofmemory",
+        "out_of_memory",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle))
+    .then(|| "the device ran out of memory".to_string())
 }
 
 /// `bytes` in the largest binary unit that keeps it >= 1.

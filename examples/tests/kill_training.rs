@@ -261,11 +261,17 @@ fn killed_runs_resume_from_their_newest_checkpoint() {
     let mut other_seed = flags(&model, &data, &root.join("other.safetensors"));
     let seed_at = other_seed.iter().position(|a| a == "--seed").unwrap() + 1;
     other_seed[seed_at] = "4".into();
-    other_seed.extend(["--resume".into(), root.join("run-reference").display().to_string()]);
+    other_seed.extend([
+        "--resume".into(),
+        root.join("run-reference").display().to_string(),
+    ]);
     let out = train_router(&other_seed).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("the run was started with other settings"), "{err}");
+    assert!(
+        err.contains("the run was started with other settings"),
+        "{err}"
+    );
     assert!(
         resumed_from_a_checkpoint >= KILLS / 2,
         "only {resumed_from_a_checkpoint} of {KILLS} kills came after a checkpoint: the test proves little"
@@ -278,7 +284,7 @@ fn assert_whole_safetensors(path: &Path) {
     let bytes = std::fs::read(path).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes)
         .unwrap_or_else(|e| panic!("{} is not whole: {e}", path.display()));
-    assert!(tensors.len() > 0, "{} holds no tensor", path.display());
+    assert!(!tensors.is_empty(), "{} holds no tensor", path.display());
 }
 
 /// Numbers within 1e-4 (relative), everything else equal; timings are skipped.

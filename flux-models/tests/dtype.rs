@@ -155,7 +155,7 @@ fn an_f64_model_keeps_every_tensor_in_f64_and_matches_transformers() {
     let routers = shipped_routers(&wide);
     let out = wide
         .forward_train(
-            wide.token_tensor(&[ids.clone()]).unwrap(),
+            wide.token_tensor(std::slice::from_ref(&ids)).unwrap(),
             None,
             &routers,
             AttentionMode::Streaming { sink: 4, window: 8 },

@@ -32,7 +32,10 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 fn smollm2_bf16_on_cuda_is_as_close_to_f32_as_transformers_bf16() {
     let f32_ref = read_json(&fixture("reference/smollm2.json"));
     let bf16_ref = read_json(&fixture("reference/smollm2-bf16.json"));
-    assert_eq!(bf16_ref["dtype"], "bfloat16", "smollm2-bf16.json is not a bf16 run");
+    assert_eq!(
+        bf16_ref["dtype"], "bfloat16",
+        "smollm2-bf16.json is not a bf16 run"
+    );
     let model = load_as::<Cuda>(
         &cached("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
         &Default::default(),
@@ -49,13 +52,19 @@ fn smollm2_bf16_on_cuda_is_as_close_to_f32_as_transformers_bf16() {
     println!("|---|---|---|---|---|");
     for (i, (exact, half)) in f32_cases.iter().zip(bf16_cases).enumerate() {
         let ids = u32s(&exact["ids"]);
-        assert_eq!(ids, u32s(&half["ids"]), "case {i}: the two references tokenised differently");
+        assert_eq!(
+            ids,
+            u32s(&half["ids"]),
+            "case {i}: the two references tokenised differently"
+        );
         let truth = f64s(&exact["logprobs"]);
         let (ours, _) = score(&model, &ids);
         let theirs = f64s(&half["logprobs"]);
         let (ours_max, ours_mean) = (max_abs_diff(&ours, &truth), mean_abs_diff(&ours, &truth));
-        let (theirs_max, theirs_mean) =
-            (max_abs_diff(&theirs, &truth), mean_abs_diff(&theirs, &truth));
+        let (theirs_max, theirs_mean) = (
+            max_abs_diff(&theirs, &truth),
+            mean_abs_diff(&theirs, &truth),
+        );
         let steps = u32s(&half["greedy"]).len();
         let continuation = greedy(&model, &ids, steps);
         let shared_half = common_prefix(&continuation, &u32s(&half["greedy"]));

@@ -43,7 +43,7 @@ fn batched_prefill_and_decode_with_plans_and_padding_equal_each_sequence_alone()
             .map(|&n| (0..n).map(|_| rng.random_range(3..500)).collect())
             .collect();
         // Sequence 0 all full, 1 all streaming, 2 triangle in layer 1 only.
-        let routes = vec![
+        let routes = [
             vec![LayerRoute::Full; layers],
             vec![LayerRoute::Sparse; layers],
             ForcedPlan::Layers(vec![1]).routes(layers).unwrap(),

@@ -358,8 +358,7 @@ mod tests {
             &model(),
             &Default::default(),
         )
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string()
     }
 

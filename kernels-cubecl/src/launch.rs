@@ -630,16 +630,18 @@ impl KernelChoice {
                     .find(|t| {
                         let smem =
                             4 * ((t.rows + t.keys) * (d + 1) + t.rows * (t.keys + 1) + threads);
-                        d % t.lanes == 0
+                        d.is_multiple_of(t.lanes)
                             && t.keys % t.lanes == 0
-                            && (t.keys * d) % threads == 0
+                            && (t.keys * d).is_multiple_of(threads)
                             && smem <= smem_max
                     })
                     .map(|mut t| {
                         // 16-byte vectors where the tile divides evenly, else scalars.
                         t.vector = [16 / elem_size, 4, 2, 1]
                             .into_iter()
-                            .find(|&vs| d % vs == 0 && (t.keys * d / vs) % threads == 0)
+                            .find(|&vs| {
+                                d.is_multiple_of(vs) && (t.keys * d / vs).is_multiple_of(threads)
+                            })
                             .unwrap_or(1);
                         t
                     })

@@ -232,7 +232,7 @@ pub mod host {
         smem_max: usize,
     ) -> Result<XAttentionBlocks, KernelError> {
         let dims = crate::check_call(q, k, k, dtype, &crate::AttentionSpec::causal(q[3]))?;
-        if stride == 0 || block % stride != 0 {
+        if stride == 0 || !block.is_multiple_of(stride) {
             return Err(arg_err(
                 "stride",
                 format!("{stride} does not divide block {block}"),

@@ -104,7 +104,13 @@ fn padded_batch(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<std::ops::Range<usi
     let n = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let rows = prompts
         .iter()
-        .map(|p| p.iter().copied().chain(std::iter::repeat(0)).take(n).collect())
+        .map(|p| {
+            p.iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(n)
+                .collect()
+        })
         .collect();
     let spans = prompts.iter().map(|p| 0..p.len()).collect();
     (rows, spans)
@@ -118,7 +124,11 @@ fn last_logits_of_each<B: FluxBackend>(
     what: &str,
 ) -> Result<Vec<Vec<f32>>> {
     if ends.len() == 1 {
-        return Ok(vec![last_logits(model, hidden.narrow(1, 0, ends[0]), what)?]);
+        return Ok(vec![last_logits(
+            model,
+            hidden.narrow(1, 0, ends[0]),
+            what,
+        )?]);
     }
     ends.iter()
         .enumerate()

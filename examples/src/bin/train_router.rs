@@ -418,8 +418,7 @@ fn last_valid_metrics(path: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("split").and_then(|s| s.as_str()) == Some("valid"))
-        .last()
+        .rfind(|v| v.get("split").and_then(|s| s.as_str()) == Some("valid"))
 }
 
 impl Args {
@@ -427,12 +426,15 @@ impl Args {
     /// value the run was started with (DIR/run.json), so that a resume needs only the paths.
     /// A run.json that cannot be read is left to the resume itself to report.
     fn adopt_run_settings(&mut self, matches: &clap::ArgMatches) {
-        let Some(run) = self.resume.as_deref().and_then(|d| RunManifest::read(d).ok()) else {
+        let Some(run) = self
+            .resume
+            .as_deref()
+            .and_then(|d| RunManifest::read(d).ok())
+        else {
             return;
         };
-        let given = |id: &str| {
-            matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
-        };
+        let given =
+            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
         let c = &run.config;
         let mut adopted = Vec::new();
         macro_rules! adopt {
@@ -452,7 +454,11 @@ impl Args {
         adopt!(lambda_init, "lambda_init", c.lambda_init.0);
         adopt!(seed, "seed", c.seed);
         adopt!(max_valid, "max_valid", c.max_valid);
-        adopt!(standardize_samples, "standardize_samples", c.standardize_samples);
+        adopt!(
+            standardize_samples,
+            "standardize_samples",
+            c.standardize_samples
+        );
         adopt!(pool_tokens, "pool_tokens", c.pool_tokens);
         let sparse_flags = [
             "sparse_mode",

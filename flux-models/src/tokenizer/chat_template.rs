@@ -517,7 +517,9 @@ mod tests {
         // A chain grown in a loop is refused once it is deeper than printing may recurse.
         let deep = "{% set ns = namespace(n=none) %}{% for i in range(100) %}\
                     {% set ns.n = namespace(n=ns.n) %}{% endfor %}{{ ns ~ '' }}";
-        let err = render(deep, &msgs(), false, "", "").unwrap_err().to_string();
+        let err = render(deep, &msgs(), false, "", "")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nested more than 64 levels deep"), "{err}");
         // What templates do with namespaces still works: flags, accumulated strings and lists,
         // one namespace inside another.
