@@ -31,7 +31,9 @@ pub mod weights;
 
 pub use config::{Architecture, RopeScaling, TransformerConfig};
 pub use error::{ModelError, Result};
-pub use generation::{generate, generate_routed, GenerationConfig, GenerationOutput, StopReason};
+pub use generation::{
+    generate, generate_batch, generate_routed, GenerationConfig, GenerationOutput, StopReason,
+};
 pub use loader::{load, load_as, load_weights, load_weights_as, LoadedModel};
 pub use model::{dtype_name, KvCache, Model, Routing, TrainForward};
 pub use router_data::{

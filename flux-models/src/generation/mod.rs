@@ -8,6 +8,7 @@ pub use sampling::{argmax, Sampling};
 pub use stop::StopStrings;
 
 use flux_attention::FluxBackend;
+use std::ops::Range;
 use std::time::Instant;
 
 use rand::{rngs::StdRng, SeedableRng};
@@ -121,56 +122,182 @@ pub fn generate_routed<B: FluxBackend>(
     routing: Routing<'_, B>,
     mut on_text: impl FnMut(&str),
 ) -> Result<GenerationOutput> {
-    if prompt.is_empty() {
-        return Err(ModelError::InvalidArgument {
-            argument: "prompt".into(),
-            message: "generation needs at least one prompt token".into(),
-        });
+    let outputs = generate_batch(
+        model,
+        tokenizer,
+        &[prompt.to_vec()],
+        config,
+        routing,
+        |_, piece| on_text(piece),
+    )?;
+    Ok(outputs.into_iter().next().expect("one output per prompt"))
+}
+
+/// One sequence of a batch being generated.
+struct Sequence<'t> {
+    prompt_tokens: usize,
+    decoder: StreamDecoder<'t>,
+    stops: StopStrings,
+    rng: StdRng,
+    tokens: Vec<u32>,
+    text: String,
+    /// Set when the sequence has ended.
+    stop_reason: Option<StopReason>,
+    prefill_seconds: f64,
+}
+
+impl Sequence<'_> {
+    /// Takes the token sampled from `row`; false when the sequence ends with it.
+    fn push(
+        &mut self,
+        row: &[f32],
+        config: &GenerationConfig,
+        tokenizer: &Tokenizer,
+        on_text: &mut impl FnMut(&str),
+    ) -> bool {
+        let id = config.sampling.pick(row, &mut self.rng) as u32;
+        if config.stop_on_eos && tokenizer.eos_ids().contains(&id) {
+            self.stop_reason = Some(StopReason::Eos);
+            return false;
+        }
+        self.tokens.push(id);
+        if let Some(piece) = self.decoder.push(id) {
+            let (ready, hit) = self.stops.push(&piece);
+            self.text.push_str(&ready);
+            on_text(&ready);
+            if let Some(hit) = hit {
+                self.stop_reason = Some(StopReason::StopString(hit));
+                return false;
+            }
+        }
+        if self.tokens.len() >= config.max_new_tokens {
+            self.stop_reason = Some(StopReason::MaxTokens);
+            return false;
+        }
+        true
+    }
+
+    /// Releases the text held back (an unfinished character, a possible stop string's start).
+    fn finish(&mut self, on_text: &mut impl FnMut(&str)) {
+        if matches!(self.stop_reason, Some(StopReason::StopString(_))) {
+            return;
+        }
+        let rest = self.decoder.finish();
+        let (mut ready, hit) = self.stops.push(&rest);
+        if let Some(hit) = hit {
+            self.stop_reason = Some(StopReason::StopString(hit));
+        } else {
+            ready.push_str(&self.stops.finish());
+        }
+        self.text.push_str(&ready);
+        on_text(&ready);
+    }
+}
+
+/// Generates a continuation of each of `prompts` (token ids, any lengths) together: one
+/// right-padded prefill, then one decode step for the whole batch per token, each sequence
+/// sampled with its own generator seeded with `config.seed` (so each continuation is the one
+/// [`generate_routed`] gives for that prompt alone, up to the rounding of batched arithmetic).
+/// `on_text(i, piece)` streams sequence `i`'s text. A sequence that has ended is fed its last
+/// token until the others end; its output stops where it ended. The timings, and the KV bytes,
+/// are the batch's; `plan` is each sequence's own. `routing` with a plan must cover every
+/// sequence ([`RoutingPlan::uniform`]); routers choose per sequence.
+pub fn generate_batch<B: FluxBackend>(
+    model: &Model<B>,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    routing: Routing<'_, B>,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<GenerationOutput>> {
+    let invalid = |message: String| ModelError::InvalidArgument {
+        argument: "prompt".into(),
+        message,
+    };
+    if prompts.is_empty() {
+        return Err(invalid("generation needs at least one prompt".into()));
     }
     let context = model.config().max_position_embeddings;
-    if prompt.len() > context {
-        return Err(ModelError::InvalidArgument {
-            argument: "prompt".into(),
-            message: format!(
-                "{} tokens, longer than the model's context of {context} (max_position_embeddings): shorten it",
+    for (i, prompt) in prompts.iter().enumerate() {
+        let which = if prompts.len() == 1 {
+            String::new()
+        } else {
+            format!("prompt {i}: ")
+        };
+        if prompt.is_empty() {
+            return Err(invalid(format!(
+                "{which}generation needs at least one prompt token"
+            )));
+        }
+        if prompt.len() > context {
+            return Err(invalid(format!(
+                "{which}{} tokens, longer than the model's context of {context} (max_position_embeddings): shorten it",
                 prompt.len()
-            ),
-        });
+            )));
+        }
     }
-    let mut rng = StdRng::seed_from_u64(config.seed);
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut cache = model.new_cache_with_eviction(config.evict_kv);
     // One allocation per layer for the whole generation (never past the context).
-    cache.reserve(
-        prompt
-            .len()
-            .saturating_add(config.max_new_tokens)
-            .min(context),
-    );
-    let mut decoder = StreamDecoder::new(tokenizer);
-    let mut stops = StopStrings::new(&config.stop_strings);
-    let mut tokens = Vec::new();
-    let mut text = String::new();
-    let mut stop_reason = StopReason::MaxTokens;
+    cache.reserve(longest.saturating_add(config.max_new_tokens).min(context));
+    let mut seqs: Vec<Sequence> = prompts
+        .iter()
+        .map(|p| Sequence {
+            prompt_tokens: p.len(),
+            decoder: StreamDecoder::new(tokenizer),
+            stops: StopStrings::new(&config.stop_strings),
+            rng: StdRng::seed_from_u64(config.seed),
+            tokens: Vec::new(),
+            text: String::new(),
+            stop_reason: (config.max_new_tokens == 0).then_some(StopReason::MaxTokens),
+            prefill_seconds: 0.0,
+        })
+        .collect();
+    let spans: Vec<Range<usize>> = prompts.iter().map(|p| 0..p.len()).collect();
+    let padded: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            p.iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(longest)
+                .collect()
+        })
+        .collect();
 
     let start = Instant::now();
-    let mut next_input = prompt.to_vec();
-    let mut prefill_seconds = 0.0;
-    while tokens.len() < config.max_new_tokens {
-        // A decode step feeds the last token at position prompt + tokens - 1, which must be
-        // inside the context.
-        if !tokens.is_empty() && prompt.len() + tokens.len() > context {
-            stop_reason = StopReason::ContextFull;
-            break;
+    let mut inputs = padded;
+    let mut ends: Vec<usize> = spans.iter().map(|s| s.end).collect();
+    let mut first = true;
+    while seqs.iter().any(|s| s.stop_reason.is_none()) {
+        if !first {
+            // A decode step feeds each sequence's last token at position prompt + tokens - 1,
+            // which must be inside the context.
+            for seq in seqs.iter_mut().filter(|s| s.stop_reason.is_none()) {
+                if seq.prompt_tokens + seq.tokens.len() > context {
+                    seq.stop_reason = Some(StopReason::ContextFull);
+                }
+            }
+            if seqs.iter().all(|s| s.stop_reason.is_some()) {
+                break;
+            }
         }
+        let batch_spans = (first && prompts.len() > 1).then_some(&spans[..]);
         let hidden = model.forward_routed(
-            model.token_tensor(&[next_input])?,
-            None,
+            model.token_tensor(&inputs)?,
+            batch_spans,
             &mut cache,
             routing,
         )?;
-        let [_, n, _] = hidden.dims();
-        let logits = model.logits(hidden.narrow(1, n - 1, 1));
-        let row = logits
+        // Each sequence's last position, as one tensor: one read for the batch.
+        let last: Vec<_> = ends
+            .iter()
+            .enumerate()
+            .map(|(i, &end)| hidden.clone().narrow(0, i, 1).narrow(1, end - 1, 1))
+            .collect();
+        let logits = model.logits(burn::tensor::Tensor::cat(last, 0));
+        let vocab = logits.dims()[2];
+        let rows = logits
             .into_data()
             .convert::<f32>()
             .to_vec::<f32>()
@@ -178,49 +305,63 @@ pub fn generate_routed<B: FluxBackend>(
                 argument: "logits".into(),
                 message: format!("could not read logits back from the device: {e:?}"),
             })?;
-        let id = config.sampling.pick(&row, &mut rng) as u32;
-        if tokens.is_empty() {
-            prefill_seconds = start.elapsed().as_secs_f64();
-        }
-        if config.stop_on_eos && tokenizer.eos_ids().contains(&id) {
-            stop_reason = StopReason::Eos;
-            break;
-        }
-        tokens.push(id);
-        if let Some(piece) = decoder.push(id) {
-            let (ready, hit) = stops.push(&piece);
-            text.push_str(&ready);
-            on_text(&ready);
-            if let Some(hit) = hit {
-                stop_reason = StopReason::StopString(hit);
-                break;
+        let now = start.elapsed().as_secs_f64();
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            if seq.stop_reason.is_some() {
+                continue;
             }
+            if first {
+                seq.prefill_seconds = now;
+            }
+            let row = &rows[i * vocab..(i + 1) * vocab];
+            seq.push(row, config, tokenizer, &mut |piece: &str| on_text(i, piece));
         }
-        next_input = vec![id];
-    }
-    if !matches!(stop_reason, StopReason::StopString(_)) {
-        let rest = decoder.finish();
-        let (mut ready, hit) = stops.push(&rest);
-        if let Some(hit) = hit {
-            stop_reason = StopReason::StopString(hit);
-        } else {
-            ready.push_str(&stops.finish());
-        }
-        text.push_str(&ready);
-        on_text(&ready);
+        first = false;
+        inputs = seqs
+            .iter()
+            .zip(prompts)
+            .map(|(s, p)| {
+                vec![*s
+                    .tokens
+                    .last()
+                    .unwrap_or(p.last().expect("prompts are not empty"))]
+            })
+            .collect();
+        ends = vec![1; prompts.len()];
     }
     let total = start.elapsed().as_secs_f64();
-    if tokens.is_empty() {
-        prefill_seconds = total;
-    }
-    Ok(GenerationOutput {
-        tokens,
-        text,
-        stop_reason,
-        prompt_tokens: prompt.len(),
-        prefill_seconds,
-        decode_seconds: total - prefill_seconds,
-        plan: cache.plan().cloned(),
-        kv_cache_bytes: cache.allocated_bytes(),
-    })
+    let kv_cache_bytes = cache.allocated_bytes();
+    let plan = cache.plan().cloned();
+    seqs.into_iter()
+        .enumerate()
+        .map(|(i, mut seq)| {
+            seq.finish(&mut |piece: &str| on_text(i, piece));
+            let prefill_seconds = if seq.prefill_seconds > 0.0 {
+                seq.prefill_seconds
+            } else {
+                total
+            };
+            let plan = match &plan {
+                Some(plan) => Some(
+                    RoutingPlan::uniform(plan.sparse_mode(), plan.routes(i).to_vec(), 1).map_err(
+                        |e| ModelError::InvalidArgument {
+                            argument: "plan".into(),
+                            message: e.to_string(),
+                        },
+                    )?,
+                ),
+                None => None,
+            };
+            Ok(GenerationOutput {
+                tokens: seq.tokens,
+                text: seq.text,
+                stop_reason: seq.stop_reason.unwrap_or(StopReason::MaxTokens),
+                prompt_tokens: seq.prompt_tokens,
+                prefill_seconds,
+                decode_seconds: total - prefill_seconds,
+                plan,
+                kv_cache_bytes,
+            })
+        })
+        .collect()
 }
