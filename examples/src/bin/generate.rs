@@ -1,4 +1,5 @@
-//! Generates a continuation of a prompt, streaming it to stdout, then prints speed on stderr.
+//! Generates a continuation of a prompt, streaming it to stdout, then prints speed on stderr;
+//! several prompts are generated together in one batch.
 
 use flux_attention::FluxBackend;
 use std::io::Write;
@@ -7,11 +8,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 use flux_examples::dtype_args::DTypeArgs;
-use flux_examples::routing_args::{describe_plan, RoutingArgs};
+use flux_examples::routing_args::{describe_plan, RoutingArgs, RoutingSetup};
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::generation::Sampling;
 use flux_models::tokenizer::ChatMessage;
-use flux_models::{generate_routed, load_as, GenerationConfig};
+use flux_models::{generate_batch, generate_routed, load_as, GenerationConfig};
+use flux_router::RoutingPlan;
 
 /// Generate text with a Llama / Qwen model (HF folder or GGUF file).
 #[derive(Parser, Clone)]
@@ -19,9 +21,10 @@ struct Args {
     /// Model folder (config.json, *.safetensors, tokenizer.json) or GGUF file.
     #[arg(long)]
     model: PathBuf,
-    /// The prompt.
-    #[arg(long)]
-    prompt: String,
+    /// The prompt; give it several times to generate for each, together in one batch
+    /// (one right-padded prefill, one decode step per token for all; printed when all end).
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -70,7 +73,10 @@ impl BackendTask for Args {
         )?;
         let tokenizer = &loaded.tokenizer;
         let routing = self.routing.setup(&loaded.model)?;
-        let prompt_ids = if self.chat {
+        let encode = |prompt: &str| -> Result<Vec<u32>> {
+            if !self.chat {
+                return Ok(tokenizer.encode(prompt, true)?);
+            }
             let mut messages = Vec::new();
             if let Some(system) = &self.system {
                 messages.push(ChatMessage {
@@ -80,14 +86,17 @@ impl BackendTask for Args {
             }
             messages.push(ChatMessage {
                 role: "user".into(),
-                content: self.prompt.clone(),
+                content: prompt.to_string(),
             });
             let text = tokenizer.apply_chat_template(&messages, true)?;
             // The template writes the special tokens itself.
-            tokenizer.encode(&text, false)?
-        } else {
-            tokenizer.encode(&self.prompt, true)?
+            Ok(tokenizer.encode(&text, false)?)
         };
+        let prompts = self
+            .prompt
+            .iter()
+            .map(|p| encode(p))
+            .collect::<Result<Vec<_>>>()?;
         let config = GenerationConfig {
             max_new_tokens: self.max_new_tokens,
             sampling: Sampling {
@@ -100,16 +109,19 @@ impl BackendTask for Args {
             stop_strings: self.stop.clone(),
             evict_kv: self.routing.evict_kv,
         };
-        if !self.chat {
-            print!("{}", self.prompt);
-        }
         let timer = loaded.model.attention_timer();
         timer.reset();
         timer.set_enabled(true);
+        if prompts.len() > 1 {
+            return self.generate_together(&loaded.model, tokenizer, &prompts, &config, &routing);
+        }
+        if !self.chat {
+            print!("{}", self.prompt[0]);
+        }
         let out = generate_routed(
             &loaded.model,
             tokenizer,
-            &prompt_ids,
+            &prompts[0],
             &config,
             routing.routing(),
             |text| {
@@ -139,6 +151,61 @@ impl BackendTask for Args {
             out.tokens.len(),
             out.generated_tokens_per_second(),
             out.stop_reason,
+        );
+        Ok(())
+    }
+}
+
+impl Args {
+    /// Several prompts in one batch: each continuation printed after its prompt once all end,
+    /// then each one's plan and stop on stderr, and the batch's speed.
+    fn generate_together<B: FluxBackend>(
+        &self,
+        model: &flux_models::Model<B>,
+        tokenizer: &flux_models::tokenizer::Tokenizer,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+        routing: &RoutingSetup<B>,
+    ) -> Result<()> {
+        // A forced plan covers every sequence of the batch; routers choose per sequence.
+        let batch_plan = match &routing.plan {
+            Some(plan) => Some(RoutingPlan::uniform(
+                plan.sparse_mode(),
+                plan.routes(0).to_vec(),
+                prompts.len(),
+            )?),
+            None => None,
+        };
+        let how = match &batch_plan {
+            Some(plan) => flux_models::Routing::Plan(plan),
+            None => routing.routing(),
+        };
+        let outs = generate_batch(model, tokenizer, prompts, config, how, |_, _| {})?;
+        let layers = model.config().num_layers;
+        for (i, out) in outs.iter().enumerate() {
+            println!("--- prompt {i} ---");
+            if !self.chat {
+                print!("{}", self.prompt[i]);
+            }
+            println!("{}", out.text);
+            eprintln!(
+                "prompt {i}: {} tokens, generated {}, stop: {:?}; {}",
+                out.prompt_tokens,
+                out.tokens.len(),
+                out.stop_reason,
+                describe_plan(out.plan.as_ref(), layers)
+            );
+        }
+        let _ = std::io::stdout().flush();
+        let first = &outs[0];
+        let prompt_tokens: usize = outs.iter().map(|o| o.prompt_tokens).sum();
+        let generated: usize = outs.iter().map(|o| o.tokens.len()).sum();
+        eprintln!(
+            "batch of {}: prompts {prompt_tokens} tokens in {:.3} s; generated {generated} tokens in {:.3} s more; KV cache {:.1} MiB",
+            outs.len(),
+            first.prefill_seconds,
+            first.decode_seconds,
+            first.kv_cache_bytes as f64 / (1 << 20) as f64,
         );
         Ok(())
     }
