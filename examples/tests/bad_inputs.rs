@@ -63,6 +63,7 @@ impl Files {
         let mut magic = gguf[..4096].to_vec();
         magic[..4].copy_from_slice(b"GGUX");
         std::fs::write(dir.join("magic.gguf"), magic).unwrap();
+        std::fs::write(dir.join("q2k.gguf"), with_first_tensor_as_q2_k(&gguf)).unwrap();
         std::fs::write(dir.join("notes.txt"), "plain text, not a model\n").unwrap();
         std::fs::write(dir.join("bad.jsonl"), "{\"id\": \"a\"\n").unwrap();
         // A model folder whose config does not match its tensors.
@@ -86,6 +87,68 @@ impl Files {
     }
 }
 
+/// `gguf` with its first quantised tensor's type set to Q2_K (id 10; flux reads the type but
+/// does not dequantise it). Its bytes shrink (84 bytes per 256 values against Q4_1's 24 per 32),
+/// so they stay inside the data section; the loader must refuse the tensor by name.
+fn with_first_tensor_as_q2_k(gguf: &[u8]) -> Vec<u8> {
+    let mut out = gguf.to_vec();
+    let mut at = 8; // magic, version
+    let read_u64 = |b: &[u8], at: &mut usize| {
+        let v = u64::from_le_bytes(b[*at..*at + 8].try_into().unwrap());
+        *at += 8;
+        v
+    };
+    let read_u32 = |b: &[u8], at: &mut usize| {
+        let v = u32::from_le_bytes(b[*at..*at + 4].try_into().unwrap());
+        *at += 4;
+        v
+    };
+    let tensors = read_u64(gguf, &mut at);
+    let kvs = read_u64(gguf, &mut at);
+    // Fixed sizes of GGUF value types 0..=12 (8 = string, 9 = array: variable).
+    let size_of = |t: u32| [1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8][t as usize];
+    fn skip_value(b: &[u8], at: &mut usize, t: u32, size_of: &dyn Fn(u32) -> usize) {
+        let u64_at = |at: &mut usize| {
+            let v = u64::from_le_bytes(b[*at..*at + 8].try_into().unwrap());
+            *at += 8;
+            v as usize
+        };
+        match t {
+            8 => {
+                let n = u64_at(at);
+                *at += n;
+            }
+            9 => {
+                let inner = u32::from_le_bytes(b[*at..*at + 4].try_into().unwrap());
+                *at += 4;
+                let n = u64_at(at);
+                for _ in 0..n {
+                    skip_value(b, at, inner, size_of);
+                }
+            }
+            t => *at += size_of(t),
+        }
+    }
+    for _ in 0..kvs {
+        skip_value(gguf, &mut at, 8, &size_of); // the key
+        let t = read_u32(gguf, &mut at);
+        skip_value(gguf, &mut at, t, &size_of);
+    }
+    for _ in 0..tensors {
+        skip_value(gguf, &mut at, 8, &size_of); // the name
+        let dims = read_u32(gguf, &mut at);
+        at += 8 * dims as usize;
+        let type_at = at;
+        let t = read_u32(gguf, &mut at);
+        at += 8; // offset
+        if t == 3 {
+            out[type_at..type_at + 4].copy_from_slice(&10u32.to_le_bytes());
+            return out;
+        }
+    }
+    panic!("no Q4_1 tensor in the SmolLM2 GGUF");
+}
+
 impl Drop for Files {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -104,6 +167,7 @@ fn every_bad_input_is_one_line_naming_what_is_wrong() {
         f.path("magic.gguf"),
     );
     let notes = f.path("notes.txt");
+    let q2k = f.path("q2k.gguf");
     let shape = f.path("shape");
     let qwen_routers = repo("routers/qwen2.5-coder-0.5b-instruct/routers.safetensors");
     let long_prompt = "whale ".repeat(9000);
@@ -136,6 +200,13 @@ fn every_bad_input_is_one_line_naming_what_is_wrong() {
             &[&magic, "magic"],
         ),
         case("convert", &["--gguf", &notes, "--out", &out], 1, &[&notes]),
+        // A quantisation flux does not dequantise.
+        case(
+            "generate",
+            &["--model", &q2k, "--prompt", "hi"],
+            1,
+            &[&q2k, "Q2_K"],
+        ),
         case(
             "generate",
             &["--model", &shape, "--prompt", "hi"],

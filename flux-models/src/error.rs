@@ -55,7 +55,7 @@ pub enum ModelError {
     #[error("{}: invalid GGUF file: {}", shown(.path), printable(.message))]
     Gguf { path: PathBuf, message: String },
     /// A GGUF tensor uses a quantisation type this crate cannot dequantise.
-    #[error("{}: tensor `{}` uses unsupported GGUF type {ggml_type}", shown(.path), printable(.tensor))]
+    #[error("{}: tensor `{}` uses GGUF type {ggml_type}, which flux cannot dequantise (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K): use a file quantised to one of those, or the model's safetensors", shown(.path), printable(.tensor))]
     GgufTensorType {
         path: PathBuf,
         tensor: String,
