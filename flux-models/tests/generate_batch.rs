@@ -13,12 +13,18 @@ use flux_models::{
 };
 use flux_router::{ForcedPlan, RoutingPlan};
 
-fn smollm2() -> LoadedModel<B> {
-    load::<B>(
+/// SmolLM2 and the token ids of [`PROMPTS`].
+fn smollm2_and_prompts() -> (LoadedModel<B>, Vec<Vec<u32>>) {
+    let loaded = load::<B>(
         &cached("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
         &Default::default(),
     )
-    .unwrap()
+    .unwrap();
+    let prompts = PROMPTS
+        .iter()
+        .map(|p| loaded.tokenizer.encode(p, false).unwrap())
+        .collect();
+    (loaded, prompts)
 }
 
 const PROMPTS: [&str; 3] = [
@@ -36,11 +42,7 @@ fn streaming(layers: usize, sequences: usize) -> RoutingPlan {
 
 #[test]
 fn a_batch_of_prompts_of_different_lengths_generates_what_each_does_alone() {
-    let LoadedModel { model, tokenizer } = smollm2();
-    let prompts: Vec<Vec<u32>> = PROMPTS
-        .iter()
-        .map(|p| tokenizer.encode(p, false).unwrap())
-        .collect();
+    let (LoadedModel { model, tokenizer }, prompts) = smollm2_and_prompts();
     let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
     assert!(
         lengths[0] > lengths[1] && lengths[1] > lengths[2],
@@ -113,11 +115,7 @@ fn a_batch_of_prompts_of_different_lengths_generates_what_each_does_alone() {
 
 #[test]
 fn a_sequence_that_stops_early_leaves_the_others_running() {
-    let LoadedModel { model, tokenizer } = smollm2();
-    let prompts: Vec<Vec<u32>> = PROMPTS
-        .iter()
-        .map(|p| tokenizer.encode(p, false).unwrap())
-        .collect();
+    let (LoadedModel { model, tokenizer }, prompts) = smollm2_and_prompts();
     let free = GenerationConfig {
         stop_on_eos: false,
         ..GenerationConfig::greedy(8)
