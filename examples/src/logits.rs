@@ -14,14 +14,30 @@ pub fn last_logits<B: FluxBackend>(
     what: &str,
 ) -> Result<Vec<f32>> {
     let n = hidden.dims()[1];
-    let row = model
-        .logits(hidden.narrow(1, n - 1, 1))
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading the logits of {what}: {e:?}"))?;
-    if let Some(i) = row.iter().position(|x| !x.is_finite()) {
-        bail!("{what}: logit {i} is {}", row[i]);
+    let mut rows = last_logits_of_each(model, hidden, &[n], what)?;
+    Ok(rows.remove(0))
+}
+
+/// [`last_logits`] of each sequence `i` of a batch `hidden` `[b, n, hidden]` at position
+/// `ends[i] - 1`, read back in one transfer ([`Model::last_logits`]).
+pub fn last_logits_of_each<B: FluxBackend>(
+    model: &Model<B>,
+    hidden: Tensor<B, 3>,
+    ends: &[usize],
+    what: &str,
+) -> Result<Vec<Vec<f32>>> {
+    let rows = model
+        .last_logits(hidden, ends)
+        .map_err(|e| anyhow::anyhow!("reading the logits of {what}: {e}"))?;
+    for (i, row) in rows.iter().enumerate() {
+        if let Some(j) = row.iter().position(|x| !x.is_finite()) {
+            let which = if rows.len() == 1 {
+                String::new()
+            } else {
+                format!(", sequence {i}")
+            };
+            bail!("{what}{which}: logit {j} is {}", row[j]);
+        }
     }
-    Ok(row)
+    Ok(rows)
 }

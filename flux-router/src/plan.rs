@@ -72,6 +72,15 @@ impl RoutingPlan {
         Self::new(sparse_mode, vec![routes; sequences])
     }
 
+    /// The routes of `sequence` for each of `sequences` sequences (one sequence's plan, or a
+    /// one-sequence plan spread over a batch). Panics if `sequence` is not in the plan.
+    pub fn of_sequence(&self, sequence: usize, sequences: usize) -> Self {
+        Self {
+            sparse_mode: self.sparse_mode,
+            routes: vec![self.routes[sequence].clone(); sequences],
+        }
+    }
+
     /// A forced plan for a model of `num_layers` layers and `sequences` sequences.
     pub fn forced(
         forced: &ForcedPlan,

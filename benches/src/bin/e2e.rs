@@ -13,14 +13,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use burn::tensor::Tensor;
 use clap::Parser;
 use flux_examples::dtype_args::DTypeArgs;
-use flux_examples::logits::last_logits;
+use flux_examples::logits::{last_logits, last_logits_of_each};
 use flux_examples::model_args::ModelSourceArgs;
 use flux_examples::routing_args::SparseModeArgs;
 use flux_models::backend::{run_on, BackendChoice, BackendTask};
-use flux_models::generation::argmax;
+use flux_models::generation::{argmax, right_padded};
 use flux_models::{Model, Routing};
 use flux_router::{ForcedPlan, LayerRouterConfig, RouterSet, RoutingPlan};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -99,46 +98,6 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// The prompts of a batch as one right-padded token tensor's rows and each one's span.
-fn padded_batch(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<std::ops::Range<usize>>) {
-    let n = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let rows = prompts
-        .iter()
-        .map(|p| {
-            p.iter()
-                .copied()
-                .chain(std::iter::repeat(0))
-                .take(n)
-                .collect()
-        })
-        .collect();
-    let spans = prompts.iter().map(|p| 0..p.len()).collect();
-    (rows, spans)
-}
-
-/// The logits of each sequence's last token in `hidden` `[b, n, hidden]`, read back and checked.
-fn last_logits_of_each<B: FluxBackend>(
-    model: &Model<B>,
-    hidden: Tensor<B, 3>,
-    ends: &[usize],
-    what: &str,
-) -> Result<Vec<Vec<f32>>> {
-    if ends.len() == 1 {
-        return Ok(vec![last_logits(
-            model,
-            hidden.narrow(1, 0, ends[0]),
-            what,
-        )?]);
-    }
-    ends.iter()
-        .enumerate()
-        .map(|(i, &end)| {
-            let row = hidden.clone().narrow(0, i, 1).narrow(1, 0, end);
-            last_logits(model, row, &format!("{what}, sequence {i}"))
-        })
-        .collect()
-}
-
 /// One prefill of `prompts` (one sequence, or a right-padded batch) then `steps` greedy decode
 /// steps of every sequence under `plan`; with `time_attention`, each attention call is
 /// synchronised and timed (slower, so not a timed run).
@@ -153,9 +112,9 @@ fn run_once<B: FluxBackend>(
     let timer = model.attention_timer();
     timer.reset();
     timer.set_enabled(time_attention);
-    let (rows, spans) = padded_batch(prompts);
+    let (rows, spans) = right_padded(prompts);
     // The plan's layer routes for every sequence of the batch.
-    let plan = &RoutingPlan::uniform(plan.sparse_mode(), plan.routes(0).to_vec(), prompts.len())?;
+    let plan = &plan.of_sequence(0, prompts.len());
     let longest = rows[0].len();
     let mut cache = model.new_cache_with_eviction(evict);
     cache.reserve(longest + steps);

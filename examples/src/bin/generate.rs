@@ -13,7 +13,6 @@ use flux_models::backend::{run_on, BackendChoice, BackendTask};
 use flux_models::generation::Sampling;
 use flux_models::tokenizer::ChatMessage;
 use flux_models::{generate_batch, generate_routed, load_as, GenerationConfig};
-use flux_router::RoutingPlan;
 
 /// Generate text with a Llama / Qwen model (HF folder or GGUF file).
 #[derive(Parser, Clone)]
@@ -168,14 +167,10 @@ impl Args {
         routing: &RoutingSetup<B>,
     ) -> Result<()> {
         // A forced plan covers every sequence of the batch; routers choose per sequence.
-        let batch_plan = match &routing.plan {
-            Some(plan) => Some(RoutingPlan::uniform(
-                plan.sparse_mode(),
-                plan.routes(0).to_vec(),
-                prompts.len(),
-            )?),
-            None => None,
-        };
+        let batch_plan = routing
+            .plan
+            .as_ref()
+            .map(|p| p.of_sequence(0, prompts.len()));
         let how = match &batch_plan {
             Some(plan) => flux_models::Routing::Plan(plan),
             None => routing.routing(),

@@ -133,6 +133,24 @@ pub fn generate_routed<B: FluxBackend>(
     Ok(outputs.into_iter().next().expect("one output per prompt"))
 }
 
+/// The prompts as the rows of one right-padded batch (padded with token 0 to the longest) and
+/// the span of each one's tokens.
+pub fn right_padded(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<Range<usize>>) {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let rows = prompts
+        .iter()
+        .map(|p| {
+            p.iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(longest)
+                .collect()
+        })
+        .collect();
+    let spans = prompts.iter().map(|p| 0..p.len()).collect();
+    (rows, spans)
+}
+
 /// One sequence of a batch being generated.
 struct Sequence<'t> {
     prompt_tokens: usize,
@@ -253,17 +271,7 @@ pub fn generate_batch<B: FluxBackend>(
             prefill_seconds: 0.0,
         })
         .collect();
-    let spans: Vec<Range<usize>> = prompts.iter().map(|p| 0..p.len()).collect();
-    let padded: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| {
-            p.iter()
-                .copied()
-                .chain(std::iter::repeat(0))
-                .take(longest)
-                .collect()
-        })
-        .collect();
+    let (padded, spans) = right_padded(prompts);
 
     let start = Instant::now();
     let mut inputs = padded;
@@ -289,22 +297,7 @@ pub fn generate_batch<B: FluxBackend>(
             &mut cache,
             routing,
         )?;
-        // Each sequence's last position, as one tensor: one read for the batch.
-        let last: Vec<_> = ends
-            .iter()
-            .enumerate()
-            .map(|(i, &end)| hidden.clone().narrow(0, i, 1).narrow(1, end - 1, 1))
-            .collect();
-        let logits = model.logits(burn::tensor::Tensor::cat(last, 0));
-        let vocab = logits.dims()[2];
-        let rows = logits
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| ModelError::InvalidArgument {
-                argument: "logits".into(),
-                message: format!("could not read logits back from the device: {e:?}"),
-            })?;
+        let rows = model.last_logits(hidden, &ends)?;
         let now = start.elapsed().as_secs_f64();
         for (i, seq) in seqs.iter_mut().enumerate() {
             if seq.stop_reason.is_some() {
@@ -313,8 +306,9 @@ pub fn generate_batch<B: FluxBackend>(
             if first {
                 seq.prefill_seconds = now;
             }
-            let row = &rows[i * vocab..(i + 1) * vocab];
-            seq.push(row, config, tokenizer, &mut |piece: &str| on_text(i, piece));
+            seq.push(&rows[i], config, tokenizer, &mut |piece: &str| {
+                on_text(i, piece)
+            });
         }
         first = false;
         inputs = seqs
@@ -332,7 +326,8 @@ pub fn generate_batch<B: FluxBackend>(
     let total = start.elapsed().as_secs_f64();
     let kv_cache_bytes = cache.allocated_bytes();
     let plan = cache.plan().cloned();
-    seqs.into_iter()
+    Ok(seqs
+        .into_iter()
         .enumerate()
         .map(|(i, mut seq)| {
             seq.finish(&mut |piece: &str| on_text(i, piece));
@@ -341,27 +336,16 @@ pub fn generate_batch<B: FluxBackend>(
             } else {
                 total
             };
-            let plan = match &plan {
-                Some(plan) => Some(
-                    RoutingPlan::uniform(plan.sparse_mode(), plan.routes(i).to_vec(), 1).map_err(
-                        |e| ModelError::InvalidArgument {
-                            argument: "plan".into(),
-                            message: e.to_string(),
-                        },
-                    )?,
-                ),
-                None => None,
-            };
-            Ok(GenerationOutput {
+            GenerationOutput {
                 tokens: seq.tokens,
                 text: seq.text,
                 stop_reason: seq.stop_reason.unwrap_or(StopReason::MaxTokens),
                 prompt_tokens: seq.prompt_tokens,
                 prefill_seconds,
                 decode_seconds: total - prefill_seconds,
-                plan,
+                plan: plan.as_ref().map(|p| p.of_sequence(i, 1)),
                 kv_cache_bytes,
-            })
+            }
         })
-        .collect()
+        .collect())
 }

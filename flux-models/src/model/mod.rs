@@ -538,6 +538,39 @@ impl<B: FluxBackend> Model<B> {
         logits.cast(flux_attention::accumulation_dtype(self.dtype.into()))
     }
 
+    /// The logits of position `ends[i] - 1` of each sequence `i` of `hidden` `[b, n, d]` (a
+    /// sequence's last token), read back in one transfer as one `vocab`-long row per sequence.
+    pub fn last_logits(&self, hidden: Tensor<B, 3>, ends: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let [b, n, _] = hidden.dims();
+        if ends.len() != b || ends.iter().any(|&e| e == 0 || e > n) {
+            return Err(ModelError::InvalidArgument {
+                argument: "ends".into(),
+                message: format!("{ends:?} for {b} sequences of {n} positions"),
+            });
+        }
+        let last = if ends.iter().all(|&e| e == n) {
+            hidden.narrow(1, n - 1, 1)
+        } else {
+            let rows = ends
+                .iter()
+                .enumerate()
+                .map(|(i, &end)| hidden.clone().narrow(0, i, 1).narrow(1, end - 1, 1))
+                .collect();
+            Tensor::cat(rows, 0)
+        };
+        let flat = self
+            .logits(last)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| ModelError::InvalidArgument {
+                argument: "logits".into(),
+                message: format!("could not read logits back from the device: {e:?}"),
+            })?;
+        let vocab = flat.len() / b;
+        Ok(flat.chunks(vocab).map(<[f32]>::to_vec).collect())
+    }
+
     /// Token ids as a `[b, n]` tensor on the model's device; checks they are in the vocabulary.
     pub fn token_tensor(&self, batch: &[Vec<u32>]) -> Result<Tensor<B, 2, Int>> {
         let n = batch.first().map_or(0, Vec::len);

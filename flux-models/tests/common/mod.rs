@@ -89,12 +89,7 @@ pub fn greedy<Bk: FluxBackend>(model: &Model<Bk>, ids: &[u32], steps: usize) -> 
             .forward(model.token_tensor(&[input]).unwrap(), &mut cache)
             .unwrap();
         let n = hidden.dims()[1];
-        let row = model
-            .logits(hidden.narrow(1, n - 1, 1))
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap();
+        let row = model.last_logits(hidden, &[n]).unwrap().remove(0);
         let next = flux_models::generation::argmax(&row) as u32;
         out.push(next);
         input = vec![next];
