@@ -576,6 +576,30 @@ fn mma_layout(dims: &CallDims) -> (usize, usize) {
     })
 }
 
+/// Cubes a split-KV call of the MMA kernel aims at: one wave of the cubes the SMs keep resident
+/// (shared memory bounds them), so that no SM idles through a partial last wave, and the fewer,
+/// longer-lived cubes amortise each cube's start (Q load, first K tile). The generic target,
+/// 1024 cubes of one warp, was 1.55 waves on the H200 (132 SMs, five per SM).
+/// `FLUX_SPLIT_CUBES` overrides the target, for tuning; without an SM count the generic target
+/// stands.
+fn mma_split_cubes(sms: Option<u32>, smem_max: usize, smem_per_cube: usize) -> usize {
+    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *OVERRIDE.get_or_init(|| {
+        std::env::var("FLUX_SPLIT_CUBES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&c| c > 0)
+    });
+    match (forced, sms) {
+        (Some(cubes), _) => cubes,
+        // The driver keeps 1 KiB of each cube's shared memory for itself.
+        (None, Some(sms)) if sms > 0 => {
+            sms as usize * (smem_max / (smem_per_cube + 1024)).clamp(1, 32)
+        }
+        _ => SPLIT_TARGET_CUBES,
+    }
+}
+
 /// Tile shape of a launch: stacked query rows per cube, keys per tile, threads per row.
 #[derive(Debug, Clone, Copy)]
 struct TileShape {
@@ -776,7 +800,15 @@ pub(crate) fn launch_kernel<R: CubeRuntime>(
             } if dense.is_empty() => (sink + window) / keys + 2,
             _ => dims.nk.div_ceil(keys),
         };
-        (SPLIT_TARGET_CUBES / cubes).clamp(1, tiles.max(1))
+        let target = match choice {
+            KernelChoice::Mma => mma_split_cubes(
+                client.properties().hardware.num_streaming_multiprocessors,
+                smem_max,
+                prefill_mma::shared_bytes(shape.rows, dims.d),
+            ),
+            _ => SPLIT_TARGET_CUBES,
+        };
+        (target / cubes).clamp(1, tiles.max(1))
     } else {
         1
     };
@@ -898,5 +930,24 @@ pub(crate) fn launch_kernel<R: CubeRuntime>(
                 dtype.into(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_kv_aims_at_one_wave_of_resident_cubes() {
+        // H200: 132 SMs, 227 KiB of opt-in shared memory per cube; a decode cube of the MMA
+        // kernel (16 rows, d 128) takes 39,200 B, so five stay resident per SM.
+        let smem = prefill_mma::shared_bytes(16, 128);
+        assert_eq!(smem, 39_200);
+        assert_eq!(mma_split_cubes(Some(132), 232_448, smem), 660);
+        // d 64: 20,768 B, ten per SM.
+        assert_eq!(mma_split_cubes(Some(132), 232_448, prefill_mma::shared_bytes(16, 64)), 1320);
+        // At least one cube per SM, and the generic target without an SM count.
+        assert_eq!(mma_split_cubes(Some(2), 1000, smem), 2);
+        assert_eq!(mma_split_cubes(None, 232_448, smem), SPLIT_TARGET_CUBES);
     }
 }

@@ -72,6 +72,9 @@ struct Args {
     /// Skip the timings (correctness suite only).
     #[arg(long)]
     check_only: bool,
+    /// Time decode only (no prefill, backward, burn or XAttention rows).
+    #[arg(long)]
+    decode_only: bool,
     /// Seconds spent per timed measurement (after warm-up).
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
@@ -539,10 +542,15 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
         .sum();
     let per_pair = 4.0 * (hq * d) as f64;
 
-    for (op, vis, pairs) in [
-        ("prefill_full", Visibility::Causal, causal_pairs),
-        ("prefill_streaming", streaming.clone(), window_pairs),
-    ] {
+    let prefill_rows = if args.decode_only {
+        vec![]
+    } else {
+        vec![
+            ("prefill_full", Visibility::Causal, causal_pairs),
+            ("prefill_streaming", streaming.clone(), window_pairs),
+        ]
+    };
+    for (op, vis, pairs) in prefill_rows {
         let mut out = None;
         let secs = time::<B<R, BT>>(device, args.seconds, || out = Some(fused(&q, &vis)));
         let out = out.expect("ran");
@@ -558,7 +566,7 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
 
     // Backward (given the forward's output and log-sum-exps): FLOPs counted as 2.5x the
     // forward's (five matrix products), as FlashAttention and torch count them.
-    if n <= args.backward_up_to {
+    if n <= args.backward_up_to && !args.decode_only {
         for (op, vis, pairs) in [
             ("backward_full", Visibility::Causal, causal_pairs),
             ("backward_streaming", streaming.clone(), window_pairs),
@@ -597,7 +605,7 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
     }
 
     // XAttention: block scoring + selection on the device, then block-sparse prefill.
-    if n <= args.xattention_up_to {
+    if n <= args.xattention_up_to && !args.decode_only {
         let (block, stride, thr) = (
             args.xattention_block,
             args.xattention_stride,
@@ -671,7 +679,7 @@ fn bench_length<R: CubeRuntime, BT: BoolElement>(
     }
 
     // burn 0.21's fused attention (K/V repeated to every query head: it has no GQA).
-    if n <= args.burn_up_to {
+    if n <= args.burn_up_to && !args.decode_only {
         let (kr, vr) = (
             k.clone().repeat_dim(1, group),
             v.clone().repeat_dim(1, group),
