@@ -4,7 +4,8 @@
 //! test asks that flux's bf16 error (log-probs against transformers' f32 outputs,
 //! `reference/smollm2.json`) stay within transformers' own bf16 error
 //! (`reference/smollm2-bf16.json`, from `scripts/make-reference.py --bf16`) times 1.5 plus a
-//! small margin, case by case, and that both greedy continuations start with the same token.
+//! small margin, over the positions of all cases pooled, and that both greedy continuations of
+//! each case start with the same token.
 //!
 //! Built only with `--features cuda` and run on a CUDA machine:
 //! `cargo test --release -p flux-models --no-default-features --features cuda --test gpu_bf16 -- --nocapture`.
@@ -50,6 +51,10 @@ fn smollm2_bf16_on_cuda_is_as_close_to_f32_as_transformers_bf16() {
     assert_eq!(f32_cases.len(), bf16_cases.len());
     println!("| case | tokens | flux bf16 max / mean abs error | transformers bf16 max / mean | greedy tokens shared: flux-transformers bf16, flux-f32 |");
     println!("|---|---|---|---|---|");
+    // Every position of every case, pooled: a case of a few tokens is too noisy to judge alone
+    // (bf16 rounding errors are close to random), so the tables of all cases print first.
+    let (mut ours_all, mut theirs_all, mut truth_all) = (vec![], vec![], vec![]);
+    let mut first_tokens = vec![];
     for (i, (exact, half)) in f32_cases.iter().zip(bf16_cases).enumerate() {
         let ids = u32s(&exact["ids"]);
         assert_eq!(
@@ -60,31 +65,47 @@ fn smollm2_bf16_on_cuda_is_as_close_to_f32_as_transformers_bf16() {
         let truth = f64s(&exact["logprobs"]);
         let (ours, _) = score(&model, &ids);
         let theirs = f64s(&half["logprobs"]);
-        let (ours_max, ours_mean) = (max_abs_diff(&ours, &truth), mean_abs_diff(&ours, &truth));
-        let (theirs_max, theirs_mean) = (
-            max_abs_diff(&theirs, &truth),
-            mean_abs_diff(&theirs, &truth),
-        );
         let steps = u32s(&half["greedy"]).len();
         let continuation = greedy(&model, &ids, steps);
         let shared_half = common_prefix(&continuation, &u32s(&half["greedy"]));
         let shared_exact = common_prefix(&continuation, &u32s(&exact["greedy"]));
         println!(
-            "| {i} | {} | {ours_max:.4} / {ours_mean:.4} | {theirs_max:.4} / {theirs_mean:.4} | {shared_half}, {shared_exact} of {steps} |",
-            ids.len()
+            "| {i} | {} | {:.4} / {:.4} | {:.4} / {:.4} | {shared_half}, {shared_exact} of {steps} |",
+            ids.len(),
+            max_abs_diff(&ours, &truth),
+            mean_abs_diff(&ours, &truth),
+            max_abs_diff(&theirs, &truth),
+            mean_abs_diff(&theirs, &truth),
         );
+        first_tokens.push((i, shared_half, continuation, u32s(&half["greedy"])));
+        ours_all.extend(ours);
+        theirs_all.extend(theirs);
+        truth_all.extend(truth);
+    }
+    let (ours_max, ours_mean) = (
+        max_abs_diff(&ours_all, &truth_all),
+        mean_abs_diff(&ours_all, &truth_all),
+    );
+    let (theirs_max, theirs_mean) = (
+        max_abs_diff(&theirs_all, &truth_all),
+        mean_abs_diff(&theirs_all, &truth_all),
+    );
+    println!(
+        "| all | {} | {ours_max:.4} / {ours_mean:.4} | {theirs_max:.4} / {theirs_mean:.4} | |",
+        truth_all.len()
+    );
+    assert!(
+        ours_max <= 1.5 * theirs_max + 0.05,
+        "max log-prob error {ours_max} against transformers bf16's {theirs_max}"
+    );
+    assert!(
+        ours_mean <= 1.5 * theirs_mean + 0.01,
+        "mean log-prob error {ours_mean} against transformers bf16's {theirs_mean}"
+    );
+    for (i, shared, ours, theirs) in first_tokens {
         assert!(
-            ours_max <= 1.5 * theirs_max + 0.05,
-            "case {i}: max log-prob error {ours_max} against transformers bf16's {theirs_max}"
-        );
-        assert!(
-            ours_mean <= 1.5 * theirs_mean + 0.01,
-            "case {i}: mean log-prob error {ours_mean} against transformers bf16's {theirs_mean}"
-        );
-        assert!(
-            shared_half >= 1,
-            "case {i}: greedy starts {continuation:?}, transformers bf16 {:?}",
-            u32s(&half["greedy"])
+            shared >= 1,
+            "case {i}: greedy starts {ours:?}, transformers bf16 {theirs:?}"
         );
     }
 }
