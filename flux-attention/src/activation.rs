@@ -41,6 +41,18 @@ pub trait ActivationBackend: Backend {
         unreachable!("fused_rms_norm is only called when has_fused_activation is true")
     }
 
+    /// `h = x + residual` and the RMS norm of `h`, `(h, norm(h))`, as [`add_rms_norm`]; called
+    /// only after [`ActivationBackend::has_fused_activation`] said yes, with `x` and `residual`
+    /// of one shape.
+    fn fused_add_rms_norm(
+        _x: FloatTensor<Self>,
+        _residual: FloatTensor<Self>,
+        _weight: FloatTensor<Self>,
+        _eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        unreachable!("fused_add_rms_norm is only called when has_fused_activation is true")
+    }
+
     /// RoPE of `x [b, h, n, d]` with tables `cos`, `sin` `[1, 1, n, d / 2]` (x's dtype), as
     /// [`rope`]; called only after [`ActivationBackend::has_fused_activation`] said yes.
     fn fused_rope(
@@ -120,6 +132,38 @@ pub fn rms_norm<B: ActivationBackend, const D: usize>(
         return Tensor::from_primitive(TensorPrimitive::Float(B::fused_rms_norm(xp, wp, eps)));
     }
     rms_norm_reference(x, weight, eps)
+}
+
+/// The residual add before a norm, and the norm, in one kernel where the backend has it:
+/// returns `(h, rms_norm(h))` for `h = x + residual`, `h` rounded to the dtype as a separate add
+/// would leave it. Shapes that differ, and tracked calls, take burn's add and [`rms_norm`].
+pub fn add_rms_norm<B: ActivationBackend, const D: usize>(
+    x: Tensor<B, D>,
+    residual: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> (Tensor<B, D>, Tensor<B, D>) {
+    let [xp, rp, wp] = [
+        x.clone().into_primitive().tensor(),
+        residual.clone().into_primitive().tensor(),
+        weight.clone().into_primitive().tensor(),
+    ];
+    let fused = ![&xp, &rp, &wp].into_iter().any(B::activation_needs_graph)
+        && B::has_fused_activation(x.dtype())
+        && residual.dtype() == x.dtype()
+        && weight.dtype() == x.dtype()
+        && residual.dims() == x.dims()
+        && weight.dims()[0] == x.dims()[D - 1];
+    if fused {
+        let (h, normed) = B::fused_add_rms_norm(xp, rp, wp, eps);
+        return (
+            Tensor::from_primitive(TensorPrimitive::Float(h)),
+            Tensor::from_primitive(TensorPrimitive::Float(normed)),
+        );
+    }
+    let h = x + residual;
+    let normed = rms_norm(h.clone(), weight, eps);
+    (h, normed)
 }
 
 /// [`rms_norm`] with burn's ops: the reference.
@@ -230,6 +274,17 @@ impl<
         FloatTensor::<Self>::new(B::fused_rms_norm(x.primitive, weight.primitive, eps))
     }
 
+    fn fused_add_rms_norm(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (h, normed) =
+            B::fused_add_rms_norm(x.primitive, residual.primitive, weight.primitive, eps);
+        (FloatTensor::<Self>::new(h), FloatTensor::<Self>::new(normed))
+    }
+
     fn fused_rope(
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
@@ -268,6 +323,16 @@ mod cube {
                 .expect("the dtypes and the width were checked")
         }
 
+        fn fused_add_rms_norm(
+            x: FloatTensor<Self>,
+            residual: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            eps: f64,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            kernels_cubecl::rms_norm::add_rms_norm(x, residual, weight, eps)
+                .expect("the dtypes and shapes were checked")
+        }
+
         fn fused_rope(
             x: FloatTensor<Self>,
             cos: FloatTensor<Self>,
@@ -303,6 +368,28 @@ mod fusion {
             let x = handles.get_float_tensor::<B>(x);
             let weight = handles.get_float_tensor::<B>(weight);
             let y = B::fused_rms_norm(x, weight, self.eps);
+            handles.register_float_tensor::<B>(&out.id, y);
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    struct AddRmsNormOp<B> {
+        desc: CustomOpIr,
+        eps: f64,
+        _backend: core::marker::PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + ActivationBackend> Operation<B::FusionRuntime> for AddRmsNormOp<B> {
+        fn execute(
+            &self,
+            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+        ) {
+            let ([x, residual, weight], [sum, out]) = self.desc.as_fixed();
+            let x = handles.get_float_tensor::<B>(x);
+            let residual = handles.get_float_tensor::<B>(residual);
+            let weight = handles.get_float_tensor::<B>(weight);
+            let (h, y) = B::fused_add_rms_norm(x, residual, weight, self.eps);
+            handles.register_float_tensor::<B>(&sum.id, h);
             handles.register_float_tensor::<B>(&out.id, y);
         }
     }
@@ -405,6 +492,32 @@ mod fusion {
             client
                 .register(streams, OperationIr::Custom(desc), op)
                 .output()
+        }
+
+        fn fused_add_rms_norm(
+            x: FloatTensor<Self>,
+            residual: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            eps: f64,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let client = x.client.clone();
+            let out = || TensorIr::uninit(client.create_empty_handle(), x.shape.clone(), x.dtype);
+            let outs = [out(), out()];
+            let streams = OperationStreams::with_inputs([&x, &residual, &weight]);
+            let desc = CustomOpIr::new(
+                "flux_add_rms_norm",
+                &[x.into_ir(), residual.into_ir(), weight.into_ir()],
+                &outs,
+            );
+            let op = AddRmsNormOp::<B> {
+                desc: desc.clone(),
+                eps,
+                _backend: core::marker::PhantomData,
+            };
+            let [h, normed] = client
+                .register(streams, OperationIr::Custom(desc), op)
+                .outputs();
+            (h, normed)
         }
 
         fn fused_rope(

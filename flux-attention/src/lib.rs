@@ -32,7 +32,7 @@ pub mod reference_backward;
 pub mod xattention;
 
 pub use activation::{
-    rms_norm, rms_norm_reference, rope, rope_reference, silu, silu_reference, swiglu,
+    add_rms_norm, rms_norm, rms_norm_reference, rope, rope_reference, silu, silu_reference, swiglu,
     ActivationBackend,
 };
 pub use backend::AttentionBackend;

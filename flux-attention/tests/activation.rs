@@ -1,10 +1,10 @@
-//! `silu`, `swiglu`, `rms_norm` and `rope` against float64: on ndarray (burn's ops), on wgpu (lavapipe in CI) through
+//! `silu`, `swiglu`, `rms_norm`, `add_rms_norm` and `rope` against float64: on ndarray (burn's ops), on wgpu (lavapipe in CI) through
 //! the fused kernels on CubeBackend and through burn's Wgpu (fusion custom ops), and through
 //! autodiff, where tracked inputs take burn's ops and must carry silu's exact gradient.
 
 use burn::backend::Autodiff;
 use burn::tensor::{Tensor, TensorData};
-use flux_attention::{rms_norm, rope, silu, swiglu, ActivationBackend};
+use flux_attention::{add_rms_norm, rms_norm, rope, silu, swiglu, ActivationBackend};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn silu64(x: f64) -> f64 {
@@ -66,7 +66,10 @@ fn check<B: ActivationBackend>(device: &B::Device) {
         let eps = 1e-5;
         let xt = Tensor::<B, 3>::from_data(TensorData::new(x.clone(), [1, rows, d]), device);
         let wt = Tensor::<B, 1>::from_data(TensorData::new(w.clone(), [d]), device);
-        let got: Vec<f32> = rms_norm(xt, wt, eps).into_data().to_vec().unwrap();
+        let got: Vec<f32> = rms_norm(xt.clone(), wt.clone(), eps)
+            .into_data()
+            .to_vec()
+            .unwrap();
         let want: Vec<f64> = x
             .chunks(d)
             .flat_map(|row| {
@@ -80,6 +83,30 @@ fn check<B: ActivationBackend>(device: &B::Device) {
             .collect();
         let err = max_err(&got, &want);
         assert!(err < 1e-5, "rms_norm [{rows}, {d}]: {err}");
+
+        // The residual add and the norm of the sum, in one call.
+        let r: Vec<f32> = (0..rows * d)
+            .map(|_| rng.random_range(-3.0f32..3.0))
+            .collect();
+        let rt = Tensor::<B, 3>::from_data(TensorData::new(r.clone(), [1, rows, d]), device);
+        let (h, normed) = add_rms_norm(xt, rt, wt, eps);
+        let sum64: Vec<f64> = x.iter().zip(&r).map(|(&a, &b)| a as f64 + b as f64).collect();
+        let got_h: Vec<f32> = h.into_data().to_vec().unwrap();
+        let err = max_err(&got_h, &sum64);
+        assert!(err < 1e-6, "add_rms_norm sum [{rows}, {d}]: {err}");
+        let want: Vec<f64> = sum64
+            .chunks(d)
+            .flat_map(|row| {
+                let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / d as f64 + eps).sqrt();
+                row.iter()
+                    .zip(&w)
+                    .map(move |(v, &s)| v * inv * s as f64)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let got: Vec<f32> = normed.into_data().to_vec().unwrap();
+        let err = max_err(&got, &want);
+        assert!(err < 1e-5, "add_rms_norm [{rows}, {d}]: {err}");
     }
 
     // RoPE of a strided view (heads swapped in, as the model's projections are, then a window

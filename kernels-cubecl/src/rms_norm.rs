@@ -1,5 +1,6 @@
 //! RMS norm of each row in one kernel (burn's ops take nine launches: casts, square, mean, add,
-//! square root, reciprocal and two products).
+//! square root, reciprocal and two products), and the residual add before it in the same kernel
+//! (`h = x + r; (h, norm(h))`, one launch less per norm of a decoder layer).
 
 use burn::tensor::DType;
 use burn_cubecl::{
@@ -33,7 +34,6 @@ fn rms_norm_kernel<F: Float>(
     }
     let t = UNIT_POS;
     let base = (row * d) as usize;
-    let mut partial = SharedMemory::<f32>::new(THREADS as usize);
     let mut sum = 0.0f32.runtime();
     let mut c = t;
     while c < d {
@@ -41,6 +41,20 @@ fn rms_norm_kernel<F: Float>(
         sum += v * v;
         c += THREADS;
     }
+    let inv = inverse_rms(sum, t, d, eps);
+    let mut c = t;
+    while c < d {
+        let normed = F::cast_from(f32::cast_from(x[base + c as usize]) * inv);
+        let scaled = f32::cast_from(normed) * f32::cast_from(weight[c as usize]);
+        out[base + c as usize] = F::cast_from(scaled);
+        c += THREADS;
+    }
+}
+
+/// `1 / sqrt(mean + eps)` of a row from each thread's partial sum of squares.
+#[cube]
+fn inverse_rms(sum: f32, t: u32, #[comptime] d: u32, eps: f32) -> f32 {
+    let mut partial = SharedMemory::<f32>::new(THREADS as usize);
     partial[t as usize] = sum;
     sync_cube();
     let mut stride = (THREADS / 2).runtime();
@@ -51,12 +65,49 @@ fn rms_norm_kernel<F: Float>(
         sync_cube();
         stride /= 2;
     }
-    let inv = 1.0f32 / (partial[0] / f32::cast_from(d) + eps).sqrt();
+    1.0f32 / (partial[0] / f32::cast_from(d) + eps).sqrt()
+}
+
+/// One cube per row: `h = round(x + r)` written to `sum`, then [`rms_norm_kernel`] of `h`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn add_rms_norm_kernel<F: Float>(
+    x: &Array<F>,
+    residual: &Array<F>,
+    weight: &Array<F>,
+    sum: &mut Array<F>,
+    out: &mut Array<F>,
+    rows: u32,
+    eps: f32,
+    #[comptime] d: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+    if row >= rows {
+        terminate!();
+    }
+    let t = UNIT_POS;
+    let base = (row * d) as usize;
+    let mut squares = 0.0f32.runtime();
     let mut c = t;
     while c < d {
-        let normed = F::cast_from(f32::cast_from(x[base + c as usize]) * inv);
+        let i = base + c as usize;
+        // Rounded to F first, as a separate add would leave it.
+        let h = F::cast_from(f32::cast_from(x[i]) + f32::cast_from(residual[i]));
+        sum[i] = h;
+        let v = f32::cast_from(h);
+        squares += v * v;
+        c += THREADS;
+    }
+    let inv = inverse_rms(squares, t, d, eps);
+    let mut c = t;
+    while c < d {
+        let i = base + c as usize;
+        // Recomputed rather than read back from `sum`: the same bits, no global round trip.
+        let h = F::cast_from(f32::cast_from(x[i]) + f32::cast_from(residual[i]));
+        let normed = F::cast_from(f32::cast_from(h) * inv);
         let scaled = f32::cast_from(normed) * f32::cast_from(weight[c as usize]);
-        out[base + c as usize] = F::cast_from(scaled);
+        out[i] = F::cast_from(scaled);
         c += THREADS;
     }
 }
@@ -66,12 +117,12 @@ pub fn has_fused_rms_norm(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// RMS norm over the last axis of `x` with the scale `weight [d]` (same dtype), in `x`'s dtype.
-pub fn rms_norm<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    weight: CubeTensor<R>,
-    eps: f64,
-) -> Result<CubeTensor<R>, KernelError> {
+/// Rows and width of a call, after checking dtypes and shapes.
+fn check_call<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    residual: Option<&CubeTensor<R>>,
+    weight: &CubeTensor<R>,
+) -> Result<(usize, usize), KernelError> {
     let err = |tensor, message| Err(KernelError::Tensor { tensor, message });
     if !has_fused_rms_norm(x.dtype) || weight.dtype != x.dtype {
         return err(
@@ -81,6 +132,20 @@ pub fn rms_norm<R: CubeRuntime>(
                 x.dtype, weight.dtype
             ),
         );
+    }
+    if let Some(r) = residual {
+        if r.dtype != x.dtype || r.meta.shape() != x.meta.shape() {
+            return err(
+                "residual",
+                format!(
+                    "{:?} {:?}, where x is {:?} {:?}",
+                    r.dtype,
+                    r.meta.shape(),
+                    x.dtype,
+                    x.meta.shape()
+                ),
+            );
+        }
     }
     let dims = x.meta.shape().as_slice().to_vec();
     let d = dims.last().copied().unwrap_or(0);
@@ -97,24 +162,43 @@ pub fn rms_norm<R: CubeRuntime>(
             format!("{rows} rows of {d} do not fit in 32-bit indices"),
         );
     }
-    let (x, weight) = (into_contiguous(x), into_contiguous(weight));
-    let out = empty_device_contiguous_dtype::<R>(
+    Ok((rows, d))
+}
+
+/// One cube per row, over at most two grid axes.
+fn row_cubes(rows: usize) -> CubeCount {
+    let cubes_x = rows.min(MAX_CUBES_X);
+    CubeCount::Static(cubes_x as u32, rows.div_ceil(cubes_x) as u32, 1)
+}
+
+/// A contiguous output shaped and typed as `x`.
+fn empty_like<R: CubeRuntime>(x: &CubeTensor<R>) -> CubeTensor<R> {
+    empty_device_contiguous_dtype::<R>(
         x.client.clone(),
         x.device.clone(),
         x.meta.shape().clone(),
         x.dtype,
-    );
+    )
+}
+
+/// RMS norm over the last axis of `x` with the scale `weight [d]` (same dtype), in `x`'s dtype.
+pub fn rms_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    eps: f64,
+) -> Result<CubeTensor<R>, KernelError> {
+    let (rows, d) = check_call(&x, None, &weight)?;
+    let (x, weight) = (into_contiguous(x), into_contiguous(weight));
+    let out = empty_like(&x);
     if rows == 0 {
         return Ok(out);
     }
-    let cubes_x = rows.min(MAX_CUBES_X);
-    let count = CubeCount::Static(cubes_x as u32, rows.div_ceil(cubes_x) as u32, 1);
     let n = rows * d;
     // SAFETY: cubes past the last row exit; each reads and writes its own row of `d` elements.
     unsafe {
         rms_norm_kernel::launch_unchecked::<R>(
             &x.client,
-            count,
+            row_cubes(rows),
             CubeDim::new_1d(THREADS),
             ArrayArg::from_raw_parts(x.handle.clone(), n),
             ArrayArg::from_raw_parts(weight.handle.clone(), d),
@@ -126,4 +210,43 @@ pub fn rms_norm<R: CubeRuntime>(
         )
     };
     Ok(out)
+}
+
+/// `h = x + residual` (rounded to their dtype) and the RMS norm of `h` with `weight [d]`, in
+/// one kernel: returns `(h, norm(h))`. `x` and `residual` have the same shape and dtype.
+pub fn add_rms_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    residual: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    eps: f64,
+) -> Result<(CubeTensor<R>, CubeTensor<R>), KernelError> {
+    let (rows, d) = check_call(&x, Some(&residual), &weight)?;
+    let (x, residual, weight) = (
+        into_contiguous(x),
+        into_contiguous(residual),
+        into_contiguous(weight),
+    );
+    let (sum, out) = (empty_like(&x), empty_like(&x));
+    if rows == 0 {
+        return Ok((sum, out));
+    }
+    let n = rows * d;
+    // SAFETY: cubes past the last row exit; each reads and writes its own row of `d` elements.
+    unsafe {
+        add_rms_norm_kernel::launch_unchecked::<R>(
+            &x.client,
+            row_cubes(rows),
+            CubeDim::new_1d(THREADS),
+            ArrayArg::from_raw_parts(x.handle.clone(), n),
+            ArrayArg::from_raw_parts(residual.handle.clone(), n),
+            ArrayArg::from_raw_parts(weight.handle.clone(), d),
+            ArrayArg::from_raw_parts(sum.handle.clone(), n),
+            ArrayArg::from_raw_parts(out.handle.clone(), n),
+            rows as u32,
+            eps as f32,
+            d as u32,
+            x.dtype.into(),
+        )
+    };
+    Ok((sum, out))
 }

@@ -359,10 +359,7 @@ impl<B: FluxBackend> DecoderLayer<B> {
             choice,
             timer,
         )?;
-        let h = x + attn;
-        let mlp = self
-            .mlp
-            .forward(self.post_attention_layernorm.forward(h.clone()));
-        Ok((h + mlp, decision))
+        let (h, normed) = self.post_attention_layernorm.forward_add(x, attn);
+        Ok((h + self.mlp.forward(normed), decision))
     }
 }

@@ -28,4 +28,14 @@ impl<B: FluxBackend> RmsNorm<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         flux_attention::rms_norm(x, self.weight.clone(), self.eps)
     }
+
+    /// The residual add before this norm and the norm: `(x + residual, norm(x + residual))`,
+    /// one kernel on cubecl backends.
+    pub fn forward_add<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Tensor<B, D>,
+    ) -> (Tensor<B, D>, Tensor<B, D>) {
+        flux_attention::add_rms_norm(x, residual, self.weight.clone(), self.eps)
+    }
 }
