@@ -136,7 +136,8 @@ pub fn rms_norm<B: ActivationBackend, const D: usize>(
 
 /// The residual add before a norm, and the norm, in one kernel where the backend has it:
 /// returns `(h, rms_norm(h))` for `h = x + residual`, `h` rounded to the dtype as a separate add
-/// would leave it. Shapes that differ, and tracked calls, take burn's add and [`rms_norm`].
+/// would leave it. Shapes that differ, tracked calls, and every call when the environment sets
+/// `FLUX_NO_FUSED_ADD_NORM` (to measure what the fusion saves) take burn's add and [`rms_norm`].
 pub fn add_rms_norm<B: ActivationBackend, const D: usize>(
     x: Tensor<B, D>,
     residual: Tensor<B, D>,
@@ -148,7 +149,10 @@ pub fn add_rms_norm<B: ActivationBackend, const D: usize>(
         residual.clone().into_primitive().tensor(),
         weight.clone().into_primitive().tensor(),
     ];
-    let fused = ![&xp, &rp, &wp].into_iter().any(B::activation_needs_graph)
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var_os("FLUX_NO_FUSED_ADD_NORM").is_some());
+    let fused = !off
+        && ![&xp, &rp, &wp].into_iter().any(B::activation_needs_graph)
         && B::has_fused_activation(x.dtype())
         && residual.dtype() == x.dtype()
         && weight.dtype() == x.dtype()
