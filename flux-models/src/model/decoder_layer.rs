@@ -340,6 +340,40 @@ impl<B: FluxBackend> Mlp<B> {
     }
 }
 
+/// The residual stream between decoder layers: hidden states, possibly with the last layer's MLP
+/// output not yet added, so that the add runs inside the next norm's kernel
+/// ([`RmsNorm::forward_add`]) instead of a launch of its own.
+pub(crate) struct Residual<B: Backend> {
+    base: Tensor<B, 3>,
+    pending: Option<Tensor<B, 3>>,
+}
+
+impl<B: FluxBackend> Residual<B> {
+    /// Hidden states with nothing pending.
+    pub(crate) fn new(x: Tensor<B, 3>) -> Self {
+        Self {
+            base: x,
+            pending: None,
+        }
+    }
+
+    /// The hidden states (the pending add done) and their norm by `norm`.
+    pub(crate) fn normed(self, norm: &RmsNorm<B>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        match self.pending {
+            Some(pending) => norm.forward_add(self.base, pending),
+            None => (self.base.clone(), norm.forward(self.base)),
+        }
+    }
+
+    /// The hidden states, the pending add done.
+    pub(crate) fn resolve(self) -> Tensor<B, 3> {
+        match self.pending {
+            Some(pending) => self.base + pending,
+            None => self.base,
+        }
+    }
+}
+
 impl<B: FluxBackend> DecoderLayer<B> {
     /// `h = x + attn(norm(x)); h + mlp(norm(h))`; see [`SelfAttention::forward`].
     pub(crate) fn forward(
@@ -351,15 +385,32 @@ impl<B: FluxBackend> DecoderLayer<B> {
         choice: LayerChoice<'_, B>,
         timer: &AttentionTimer,
     ) -> Result<(Tensor<B, 3>, LayerDecision<B>)> {
-        let (attn, decision) = self.self_attn.forward(
-            self.input_layernorm.forward(x.clone()),
-            ropes,
-            spans,
-            caches,
-            choice,
-            timer,
-        )?;
+        let (y, decision) =
+            self.forward_residual(Residual::new(x), ropes, spans, caches, choice, timer)?;
+        Ok((y.resolve(), decision))
+    }
+
+    /// [`DecoderLayer::forward`] on the residual stream: the input's pending add runs in the
+    /// first norm's kernel, and the MLP output is left pending for the next layer's (or the
+    /// final) norm.
+    pub(crate) fn forward_residual(
+        &self,
+        x: Residual<B>,
+        ropes: &[RopeTables<B>],
+        spans: &[Range<usize>],
+        caches: Option<&mut [LayerKvCache<B>]>,
+        choice: LayerChoice<'_, B>,
+        timer: &AttentionTimer,
+    ) -> Result<(Residual<B>, LayerDecision<B>)> {
+        let (x, normed) = x.normed(&self.input_layernorm);
+        let (attn, decision) = self
+            .self_attn
+            .forward(normed, ropes, spans, caches, choice, timer)?;
         let (h, normed) = self.post_attention_layernorm.forward_add(x, attn);
-        Ok((h + self.mlp.forward(normed), decision))
+        let residual = Residual {
+            base: h,
+            pending: Some(self.mlp.forward(normed)),
+        };
+        Ok((residual, decision))
     }
 }

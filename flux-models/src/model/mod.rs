@@ -15,6 +15,7 @@ mod timer;
 
 pub use backend_map::{FromInner, TensorMap, ToDevice, ToInner};
 pub use decoder_layer::{DecoderLayer, Mlp, SelfAttention};
+use decoder_layer::Residual;
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub(crate) use loading::check_dtype;
@@ -266,7 +267,8 @@ impl<B: FluxBackend> Model<B> {
                     .tables::<B>(cache.sequence_len(i), s.len(), &self.device, self.dtype)
             })
             .collect();
-        let mut x = embedding(self.embed_tokens.clone(), tokens);
+        // Each layer's last residual add runs inside the next norm's kernel.
+        let mut x = Residual::new(embedding(self.embed_tokens.clone(), tokens));
         let mut decisions = Vec::with_capacity(self.layers.len());
         for (l, (layer, caches)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let choice = match (&plan, routers) {
@@ -277,7 +279,7 @@ impl<B: FluxBackend> Model<B> {
                 },
                 (None, None) => LayerChoice::Modes(vec![AttentionMode::Full; b]),
             };
-            let (y, decision) = layer.forward(
+            let (y, decision) = layer.forward_residual(
                 x,
                 &ropes,
                 &spans,
@@ -309,7 +311,7 @@ impl<B: FluxBackend> Model<B> {
                 (None, None) => None,
             };
         }
-        Ok(self.norm.forward(x))
+        Ok(x.normed(&self.norm).1)
     }
 
     /// Training forward pass (no cache): each layer's router draws Gumbel-softmax weights `z`
