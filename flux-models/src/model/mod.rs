@@ -14,8 +14,8 @@ mod routing;
 mod timer;
 
 pub use backend_map::{FromInner, TensorMap, ToDevice, ToInner};
-pub use decoder_layer::{DecoderLayer, Mlp, SelfAttention};
 use decoder_layer::Residual;
+pub use decoder_layer::{DecoderLayer, Mlp, SelfAttention};
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub(crate) use loading::check_dtype;
