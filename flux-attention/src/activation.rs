@@ -286,7 +286,10 @@ impl<
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (h, normed) =
             B::fused_add_rms_norm(x.primitive, residual.primitive, weight.primitive, eps);
-        (FloatTensor::<Self>::new(h), FloatTensor::<Self>::new(normed))
+        (
+            FloatTensor::<Self>::new(h),
+            FloatTensor::<Self>::new(normed),
+        )
     }
 
     fn fused_rope(

@@ -90,7 +90,11 @@ fn check<B: ActivationBackend>(device: &B::Device) {
             .collect();
         let rt = Tensor::<B, 3>::from_data(TensorData::new(r.clone(), [1, rows, d]), device);
         let (h, normed) = add_rms_norm(xt, rt, wt, eps);
-        let sum64: Vec<f64> = x.iter().zip(&r).map(|(&a, &b)| a as f64 + b as f64).collect();
+        let sum64: Vec<f64> = x
+            .iter()
+            .zip(&r)
+            .map(|(&a, &b)| a as f64 + b as f64)
+            .collect();
         let got_h: Vec<f32> = h.into_data().to_vec().unwrap();
         let err = max_err(&got_h, &sum64);
         assert!(err < 1e-6, "add_rms_norm sum [{rows}, {d}]: {err}");

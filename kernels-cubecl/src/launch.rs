@@ -945,7 +945,10 @@ mod tests {
         assert_eq!(smem, 39_200);
         assert_eq!(mma_split_cubes(Some(132), 232_448, smem), 660);
         // d 64: 20,768 B, ten per SM.
-        assert_eq!(mma_split_cubes(Some(132), 232_448, prefill_mma::shared_bytes(16, 64)), 1320);
+        assert_eq!(
+            mma_split_cubes(Some(132), 232_448, prefill_mma::shared_bytes(16, 64)),
+            1320
+        );
         // At least one cube per SM, and the generic target without an SM count.
         assert_eq!(mma_split_cubes(Some(2), 1000, smem), 2);
         assert_eq!(mma_split_cubes(None, 232_448, smem), SPLIT_TARGET_CUBES);
