@@ -1,0 +1,22 @@
+#!/bin/bash
+# Call 4: first part of the gzipped SmolLM2 GGUF; the fused residual add + RMS norm against burn's
+# add and norm (FLUX_NO_FUSED_ADD_NORM=1), same binary, alternated (issue 13 item 3).
+set -u
+cd "$(dirname "$0")/../.."
+cat .bin/k4/ga > /tmp/smol.gguf.gz.part
+gunzip -c .bin/k4/e2e.gz > /tmp/e2e && chmod +x /tmp/e2e
+S=benches/configs/smollm2-135m.json
+for round in 1 2; do
+  for off in 0 1; do
+    if [ $off = 1 ]; then export FLUX_NO_FUSED_ADD_NORM=1; else unset FLUX_NO_FUSED_ADD_NORM; fi
+    timeout 90 /tmp/e2e --backend cuda --config $S --random-weights --prompt-tokens 1024,4096 --plans all-full \
+      --decode-tokens 64 >$OUT/smollm2-off$off-r$round.out 2>&1
+    echo "smollm2 off=$off round $round exit $?"; grep -E "^\| bench" $OUT/smollm2-off$off-r$round.out
+  done
+done
+for off in 0 1; do
+  if [ $off = 1 ]; then export FLUX_NO_FUSED_ADD_NORM=1; else unset FLUX_NO_FUSED_ADD_NORM; fi
+  timeout 120 /tmp/e2e --backend cuda --config llama-3.1-8b --random-weights --prompt-tokens 4096 --plans all-full \
+    --decode-tokens 32 >$OUT/8b-off$off.out 2>&1
+  echo "8b off=$off exit $?"; grep -E "^\| llama" $OUT/8b-off$off.out
+done
