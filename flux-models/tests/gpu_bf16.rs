@@ -56,20 +56,16 @@ fn smollm2_bf16_on_cuda_is_as_close_to_f32_as_transformers_bf16() {
         bf16_ref["dtype"], "bfloat16",
         "smollm2-bf16.json is not a bf16 run"
     );
-    let model = load_as::<Cuda>(
-        &cached("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        &Default::default(),
-        FloatDType::BF16,
-    )
-    .unwrap()
-    .model;
-    let exact_model = load_as::<Cuda>(
-        &cached("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        &Default::default(),
-        FloatDType::F32,
-    )
-    .unwrap()
-    .model;
+    let smollm2 = |dtype| {
+        load_as::<Cuda>(
+            &cached("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            &Default::default(),
+            dtype,
+        )
+        .unwrap()
+        .model
+    };
+    let (model, exact_model) = (smollm2(FloatDType::BF16), smollm2(FloatDType::F32));
     let (f32_cases, bf16_cases) = (
         f32_ref["cases"].as_array().unwrap(),
         bf16_ref["cases"].as_array().unwrap(),
