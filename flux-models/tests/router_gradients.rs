@@ -126,9 +126,8 @@ fn router_gradients_through_the_soft_mixture_match_finite_differences() {
     assert_eq!(analytic.len(), 20);
     let eps = 1e-5;
     let mut checked = 0;
-    for target in 0..analytic.len() {
+    for (target, g) in analytic.iter().enumerate() {
         // The largest gradient entry of each parameter, and one more.
-        let g = &analytic[target];
         let largest = (0..g.len())
             .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
             .unwrap();

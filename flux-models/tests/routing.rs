@@ -110,8 +110,8 @@ fn batched_prefill_and_decode_with_plans_and_padding_equal_each_sequence_alone()
             for s in 0..3 {
                 let step = vec![vec![7 + s as u32]; 2];
                 let h = model.forward(tokens(&step), &mut cache).unwrap();
-                for i in 0..2 {
-                    let err = max_abs_diff(&rows_of(&h, i, 0..1), &alone[i].1[s]);
+                for (i, (_, steps)) in alone.iter().enumerate().take(2) {
+                    let err = max_abs_diff(&rows_of(&h, i, 0..1), &steps[s]);
                     assert!(
                         err < 1e-4,
                         "{name} left {left} seq {i} step {s}: off by {err}"

@@ -85,7 +85,9 @@ fn pooling_means_the_first_and_last_p_tokens_then_heads() {
         }
     }
     let q = Tensor::<B, 4>::zeros([1, 2, 5, 8], &device);
-    let err = pool_query_states(q.clone(), Some(&[3..9]), p, d).unwrap_err();
+    // One span, 3..9, past the 5 rows.
+    let spans = [std::ops::Range { start: 3, end: 9 }];
+    let err = pool_query_states(q.clone(), Some(&spans), p, d).unwrap_err();
     assert!(err.to_string().contains("`spans`"), "{err}");
     let err = pool_query_states(q, None, p, 16).unwrap_err();
     assert!(err.to_string().contains("`q`"), "{err}");
