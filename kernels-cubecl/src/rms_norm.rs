@@ -44,11 +44,16 @@ fn rms_norm_kernel<F: Float>(
     let inv = inverse_rms(sum, t, d, eps);
     let mut c = t;
     while c < d {
-        let normed = F::cast_from(f32::cast_from(x[base + c as usize]) * inv);
-        let scaled = f32::cast_from(normed) * f32::cast_from(weight[c as usize]);
-        out[base + c as usize] = F::cast_from(scaled);
+        out[base + c as usize] = scaled_norm::<F>(x[base + c as usize], inv, weight[c as usize]);
         c += THREADS;
     }
+}
+
+/// `round(round(v * inv) * w)`: the norm rounded to `F` before the scale, as transformers does.
+#[cube]
+fn scaled_norm<F: Float>(v: F, inv: f32, w: F) -> F {
+    let normed = F::cast_from(f32::cast_from(v) * inv);
+    F::cast_from(f32::cast_from(normed) * f32::cast_from(w))
 }
 
 /// `1 / sqrt(mean + eps)` of a row from each thread's partial sum of squares.
@@ -105,9 +110,7 @@ fn add_rms_norm_kernel<F: Float>(
         let i = base + c as usize;
         // Recomputed rather than read back from `sum`: the same bits, no global round trip.
         let h = F::cast_from(f32::cast_from(x[i]) + f32::cast_from(residual[i]));
-        let normed = F::cast_from(f32::cast_from(h) * inv);
-        let scaled = f32::cast_from(normed) * f32::cast_from(weight[c as usize]);
-        out[i] = F::cast_from(scaled);
+        out[i] = scaled_norm::<F>(h, inv, weight[c as usize]);
         c += THREADS;
     }
 }
